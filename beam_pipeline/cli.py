@@ -1,0 +1,78 @@
+"""Command line: `python -m beam_pipeline` / `beam-image-labeller`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+PROG = "beam-image-labeller"
+LOCAL_RUNNER = "FnApiRunner"  # the DirectRunner's batch engine, without its attempt to download Prism
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line instead of a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from beam_pipeline.options import add_labeller_arguments
+
+    parser = _OneLineParser(
+        prog=PROG,
+        allow_abbrev=False,
+        description="Label images with an image classifier on Apache Beam: one Parquet row per input URI.",
+        epilog="Beam's pipeline options pass through (--runner, --direct_num_workers, --direct_running_mode, "
+        "--project, --region, --temp_location, --setup_file, ...). Without --runner the job runs locally on "
+        f"{LOCAL_RUNNER} using every core.",
+    )
+    add_labeller_arguments(parser)
+    return parser
+
+
+def local_defaults(beam_args: list[str]) -> list[str]:
+    """Beam arguments with local defaults: no runner given means FnApiRunner, multi-threaded on every core.
+
+    Threads (not processes) share one model per process and decode in parallel, since Pillow releases the GIL.
+    """
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+    from beam_pipeline.models import default_num_threads
+
+    options = PipelineOptions(beam_args)
+    extra = []
+    if options.view_as(StandardOptions).runner is None:
+        extra.append(f"--runner={LOCAL_RUNNER}")
+        direct = options.view_as(DirectOptions)
+        if "--direct_running_mode" not in " ".join(beam_args):
+            extra.append("--direct_running_mode=multi_threading")
+        if "--direct_num_workers" not in " ".join(beam_args) or direct.direct_num_workers is None:
+            extra.append(f"--direct_num_workers={default_num_threads()}")
+    return beam_args + extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parses flags, checks them, runs the job and prints its summary; returns the exit code."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = sys.argv[1:] if argv is None else argv
+    flags, beam_args = build_parser().parse_known_args(argv)
+
+    from beam_pipeline import job, runner
+
+    try:
+        config = job.prepare(flags)
+    except job.LaunchError as exc:
+        print(f"{PROG}: error: argument {exc.flag}: {exc}", file=sys.stderr)
+        return 2
+    summary = runner.run(config, local_defaults(beam_args))
+    if summary is not None:
+        print(summary.format())
+    return 0
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.WARNING)
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The decode step: one input row in, either (row, model-ready pixels) or an error row out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from beam_pipeline.preprocess import ResizeMode, decode_image
+from beam_pipeline.reading import read_image_bytes
+from beam_pipeline.records import METRICS_NAMESPACE, error_row
+
+FAILED_TAG = "failed"
+
+
+class DecodeImage(beam.DoFn):
+    """Reads a row's URI with fsspec and decodes it with Pillow, resized for the model.
+
+    Main output: (row with width/height, uint8 [H, W, 3]). Tagged output FAILED_TAG: finished error rows.
+    Pillow releases the GIL while decoding, so several threads of one worker decode in parallel.
+    """
+
+    def __init__(
+        self,
+        *,
+        size: tuple[int, int],
+        resize: ResizeMode,
+        max_bytes: int,
+        max_pixels: int,
+        allowed_schemes: tuple[str, ...],
+        model_id: str,
+    ):
+        self._size = size
+        self._resize = resize
+        self._max_bytes = max_bytes
+        self._max_pixels = max_pixels
+        self._allowed_schemes = allowed_schemes
+        self._model_id = model_id
+        self._read = Metrics.counter(METRICS_NAMESPACE, "images_read")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
+
+    def process(self, row: dict) -> Iterator:
+        self._read.inc()
+        stage_is_read = True
+        try:
+            data = read_image_bytes(row["uri"], max_bytes=self._max_bytes, allowed_schemes=self._allowed_schemes)
+            stage_is_read = False
+            pixels, (width, height) = decode_image(
+                data, size=self._size, resize=self._resize, max_pixels=self._max_pixels
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure of one input becomes its error row
+            failed = error_row(row, exc, while_reading=stage_is_read, model_id=self._model_id)
+            self._failed.inc()
+            Metrics.counter(METRICS_NAMESPACE, f"failed_{failed['error_type']}").inc()
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, failed)
+            return
+        yield {**row, "width": width, "height": height}, pixels

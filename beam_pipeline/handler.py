@@ -1,0 +1,81 @@
+"""The Beam ModelHandler: one classifier per worker process, batched by RunInference, top-k labels out."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from beam_pipeline import models
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredClass:
+    """One of an image's top-k classes."""
+
+    class_id: int
+    label: str
+    score: float
+
+
+class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, models.Classifier]):
+    """Loads the model a ModelRef names and turns uint8 image batches into top-k (class, label, score) lists.
+
+    Beam calls `load_model` once per worker process (or once per VM with `large_model`) and shares the model
+    between the process's threads; `batch_elements_kwargs` sets the batch sizes RunInference's BatchElements uses.
+    """
+
+    def __init__(
+        self,
+        model: models.ModelRef,
+        labels: Sequence[str],
+        *,
+        top_k: int,
+        min_batch_size: int,
+        max_batch_size: int,
+        large_model: bool = False,
+        num_threads: int | None = None,
+    ):
+        super().__init__()
+        self._model = model
+        self._labels = list(labels)
+        self._top_k = top_k
+        self._batch_kwargs = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+        self._large_model = large_model
+        self._num_threads = num_threads
+
+    def load_model(self) -> models.Classifier:
+        return models.load(self._model, num_threads=self._num_threads)
+
+    def run_inference(
+        self,
+        batch: Sequence[np.ndarray],
+        model: models.Classifier,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        probabilities = model.predict(np.stack(batch))
+        # A stable sort breaks ties (common in quantised outputs) towards the lower class id, as argmax does.
+        top_ids = np.argsort(-probabilities, axis=1, kind="stable")[:, : self._top_k]
+        return [
+            PredictionResult(
+                example=None,  # the pixels are not needed downstream; keeping them would hold the whole batch
+                inference=[ScoredClass(int(i), self._labels[i], float(row[i])) for i in ids],
+                model_id=self._model.model_id,
+            )
+            for row, ids in zip(probabilities, top_ids)
+        ]
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(image.nbytes for image in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "beam_image_labeller"
+
+    def batch_elements_kwargs(self) -> dict[str, int]:
+        return self._batch_kwargs
+
+    def share_model_across_processes(self) -> bool:
+        return self._large_model

@@ -1,0 +1,190 @@
+"""Turns `--input` values (globs, directories, manifests) into rows of {uri, carried columns}, inside the pipeline.
+
+Expansion runs in a DoFn on a worker and streams: directories are walked, manifests are read in record batches,
+so neither the launcher nor a worker ever holds a whole dataset. Beam's own file IOs read through Beam's
+filesystems; fsspec is used here because it reaches the same stores plus memory:// and http(s) listings with one
+API, and pyarrow's streaming readers take fsspec file objects directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+
+import apache_beam as beam
+import fsspec
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+from fsspec.core import split_protocol
+
+from beam_pipeline.schema import RESERVED_NAMES
+
+MANIFEST_FORMATS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+_GLOB_CHARS = frozenset("*?[")
+_SCHEMA_SAMPLE_LINES = 1000  # JSON Lines manifests: rows read at launch to infer the carried columns' types
+
+
+class InputError(ValueError):
+    """An `--input` (or `--uri-column`) that cannot be used; the message names the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """One `--input` value: a path or glob, and its manifest format (None for images)."""
+
+    path: str
+    manifest_format: str | None
+
+    @classmethod
+    def parse(cls, value: str) -> InputSpec:
+        suffix = PurePosixPath(split_protocol(value)[1]).suffix.lower()
+        return cls(value, MANIFEST_FORMATS.get(suffix))
+
+    @property
+    def is_glob(self) -> bool:
+        return any(c in self.path for c in _GLOB_CHARS)
+
+
+def check_exists(spec: InputSpec) -> None:
+    """Fails at launch when the input (or, for a glob, the folder it starts from) does not exist."""
+    fs, path = fsspec.core.url_to_fs(spec.path)
+    if spec.is_glob:
+        root = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0] or "/"
+        if not fs.exists(root):
+            raise InputError(f"no such folder for glob {spec.path!r}: {root}")
+    elif not fs.exists(path):
+        raise InputError(f"no such file or directory: {spec.path}")
+
+
+def carried_schema(specs: list[InputSpec], uri_column: str) -> pa.Schema:
+    """The manifest columns other than the URI column, with their types, unified over all manifests.
+
+    Only headers, footers or a first block are read: this runs in the launcher.
+    """
+    schemas = []
+    for spec in specs:
+        if spec.manifest_format in (None, "txt"):
+            continue
+        for path in _matching_files(spec):
+            schema = _manifest_schema(path, spec.manifest_format)
+            if uri_column not in schema.names:
+                raise InputError(f"manifest {path} has no column {uri_column!r} (set --uri-column)")
+            schemas.append(schema.remove(schema.get_field_index(uri_column)))
+    if not schemas:
+        return pa.schema([])
+    try:
+        unified = pa.unify_schemas(schemas)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(f"manifests disagree on column types: {exc}") from exc
+    clashes = sorted(RESERVED_NAMES.intersection(unified.names))
+    if clashes:
+        raise InputError(f"manifest columns {clashes} clash with output columns; rename them")
+    return unified
+
+
+class ExpandInputs(beam.PTransform):
+    """InputSpecs -> rows {uri_column: uri, carried...}, spread over workers by a Reshuffle."""
+
+    def __init__(self, specs: list[InputSpec], uri_column: str, carried: pa.Schema):
+        super().__init__()
+        self._specs = specs
+        self._uri_column = uri_column
+        self._carried = carried
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "InputSpecs" >> beam.Create(self._specs)
+            | "ListUris" >> beam.FlatMap(expand_input, uri_column=self._uri_column, carried=self._carried)
+            | "SpreadOverWorkers" >> beam.Reshuffle()
+        )
+
+
+def expand_input(spec: InputSpec, *, uri_column: str, carried: pa.Schema) -> Iterator[dict]:
+    """Streams the rows of one InputSpec: {"uri": ..., carried column: value, ...}."""
+    if spec.manifest_format is None:
+        for uri in _image_uris(spec):
+            yield {"uri": uri, **dict.fromkeys(carried.names)}
+        return
+    for path in _matching_files(spec):
+        for row in _read_manifest(path, spec.manifest_format, uri_column, carried):
+            uri = row.pop(uri_column, None)
+            yield {"uri": None if uri is None else str(uri), **{name: row.get(name) for name in carried.names}}
+
+
+def _image_uris(spec: InputSpec) -> Iterator[str]:
+    """A directory's image files (recursively, by suffix), a glob's matching files, or the one file named."""
+    fs, path = fsspec.core.url_to_fs(spec.path)
+    protocol, _ = split_protocol(spec.path)
+    if spec.is_glob:
+        matches = fs.glob(path, detail=True)
+        files = (name for name, info in sorted(matches.items()) if info["type"] != "directory")
+    elif fs.isdir(path):
+        files = (
+            f"{root}/{name}"
+            for root, _, names in fs.walk(path)
+            for name in sorted(names)
+            if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+        )
+    else:
+        files = iter([path])
+    for name in files:
+        yield fs.unstrip_protocol(name) if protocol else name
+
+
+def _matching_files(spec: InputSpec) -> list[str]:
+    """The manifest files an InputSpec names (a glob may name several), as URLs."""
+    if not spec.is_glob:
+        return [spec.path]
+    fs, path = fsspec.core.url_to_fs(spec.path)
+    protocol, _ = split_protocol(spec.path)
+    return [fs.unstrip_protocol(p) if protocol else p for p in sorted(fs.glob(path))]
+
+
+def _manifest_schema(path: str, manifest_format: str) -> pa.Schema:
+    with fsspec.open(path, "rb") as f:
+        if manifest_format == "parquet":
+            return pq.read_schema(f)
+        if manifest_format == "csv":
+            return pa_csv.open_csv(f).schema
+        sample = b"".join(line for _, line in zip(range(_SCHEMA_SAMPLE_LINES), f) if line.strip())
+        if not sample:
+            return pa.schema([])
+        return pa_json.read_json(io.BytesIO(sample)).schema
+
+
+def _read_manifest(path: str, manifest_format: str, uri_column: str, carried: pa.Schema) -> Iterator[dict]:
+    """Streams a manifest's rows as dicts, in record batches (never the whole file at once)."""
+    with fsspec.open(path, "rb") as f:
+        if manifest_format == "txt":
+            for line in io.TextIOWrapper(f, encoding="utf-8"):
+                if line.strip():
+                    yield {uri_column: line.strip()}
+        elif manifest_format == "jsonl":
+            for line in f:
+                if line.strip():
+                    yield _json_row(line, uri_column)
+        elif manifest_format == "csv":
+            types = {uri_column: pa.string(), **{field.name: field.type for field in carried}}
+            reader = pa_csv.open_csv(f, convert_options=pa_csv.ConvertOptions(column_types=types))
+            for batch in reader:
+                yield from batch.to_pylist()
+        else:
+            columns = [uri_column] + [n for n in carried.names if n in pq.read_schema(f).names]
+            for batch in pq.ParquetFile(f).iter_batches(columns=columns):
+                yield from batch.to_pylist()
+
+
+def _json_row(line: bytes, uri_column: str) -> dict:
+    """One JSON Lines row; a line that is not a JSON object becomes a row without a URI (an error row)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return {uri_column: None}
+    return row if isinstance(row, dict) else {uri_column: None}

@@ -1,0 +1,108 @@
+"""Launch-time checks: turns parsed flags into a JobConfig, or fails with one line naming the flag."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipeline import inputs, labels, models
+from beam_pipeline.preprocess import ResizeMode
+
+
+class LaunchError(Exception):
+    """A flag whose value cannot be used; str() is the one-line message, `flag` names the flag."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(message)
+        self.flag = flag
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    """Everything the pipeline needs, checked and resolved in the launcher."""
+
+    inputs: list[inputs.InputSpec]
+    uri_column: str
+    carried: pa.Schema
+    output: str
+    model: models.ModelRef
+    labels: list[str]
+    input_size: tuple[int, int]
+    top_k: int
+    resize: ResizeMode
+    min_batch_size: int
+    max_batch_size: int
+    max_bytes: int
+    max_image_pixels: int
+    allowed_schemes: tuple[str, ...]
+    large_model: bool
+
+
+def prepare(flags) -> JobConfig:
+    """Checks every flag before any image is read; raises LaunchError."""
+    if not flags.input:
+        raise LaunchError("--input", "is required (a folder, a glob or a manifest of image URIs)")
+    if not flags.output:
+        raise LaunchError("--output", "is required (an output path prefix)")
+    if flags.min_batch_size > flags.max_batch_size:
+        raise LaunchError("--min-batch-size", f"{flags.min_batch_size} is larger than --max-batch-size")
+    specs = [inputs.InputSpec.parse(value) for value in flags.input]
+    try:
+        for spec in specs:
+            inputs.check_exists(spec)
+        carried = inputs.carried_schema(specs, flags.uri_column)
+    except inputs.InputError as exc:
+        raise LaunchError("--input", str(exc)) from exc
+    try:
+        model_ref = models.resolve(flags.model)
+        classifier = models.load(model_ref)
+    except models.ModelError as exc:
+        raise LaunchError("--model", str(exc)) from exc
+    try:
+        label_names = labels.read_labels(flags.labels)
+    except labels.LabelsError as exc:
+        raise LaunchError("--labels", str(exc)) from exc
+    if len(label_names) != classifier.num_classes:
+        raise LaunchError(
+            "--labels",
+            f"{flags.labels} has {len(label_names)} labels but the model outputs {classifier.num_classes} classes",
+        )
+    if flags.top_k > classifier.num_classes:
+        raise LaunchError("--top-k", f"{flags.top_k} is more than the model's {classifier.num_classes} classes")
+    output = flags.output + "labels" if flags.output.endswith("/") else flags.output
+    _check_writable(output)
+    return JobConfig(
+        inputs=specs,
+        uri_column=flags.uri_column,
+        carried=carried,
+        output=output,
+        model=model_ref,
+        labels=label_names,
+        input_size=classifier.input_size,
+        top_k=flags.top_k,
+        resize=flags.resize,
+        min_batch_size=flags.min_batch_size,
+        max_batch_size=flags.max_batch_size,
+        max_bytes=flags.max_bytes,
+        max_image_pixels=flags.max_image_pixels,
+        allowed_schemes=tuple(flags.allowed_schemes),
+        large_model=flags.large_model,
+    )
+
+
+def _check_writable(output: str) -> None:
+    """Writes and deletes a probe file beside the output, through Beam's filesystems as the sink will."""
+    directory, _ = FileSystems.split(output)
+    probe = FileSystems.join(directory, f".beam-image-labeller-write-check-{uuid.uuid4().hex}")
+    try:
+        FileSystems.mkdirs(directory)
+    except Exception:  # noqa: BLE001, S110 - it may exist already; the write below tells
+        pass
+    try:
+        FileSystems.create(probe).close()
+        FileSystems.delete([probe])
+    except Exception as exc:  # noqa: BLE001 - every cause is reported as one line naming the place
+        raise LaunchError("--output", f"cannot write to {directory}: {type(exc).__name__}: {exc}") from exc

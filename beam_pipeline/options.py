@@ -1,0 +1,109 @@
+"""The job's own flags. Beam's pipeline options (--runner, ...) are parsed by Beam from what these leave.
+
+They are a plain argparse group rather than a PipelineOptions subclass because `--labels` (the label file) would
+collide with Dataflow's `--labels` (job labels) in Beam's global option registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from beam_pipeline.labels import DEFAULT_LABELS_URL
+from beam_pipeline.preprocess import RESIZE_MODES
+from beam_pipeline.reading import DEFAULT_ALLOWED_SCHEMES
+
+DEFAULT_MODEL = "hf://Dimitre/mobilenet_v3_small"
+DEFAULT_RESIZE = "center-crop"  # measured: top-1 77% vs 70% (squash) on ../shared/images/imagenet-sample-100
+DEFAULT_MIN_BATCH_SIZE = 16
+DEFAULT_MAX_BATCH_SIZE = 64
+
+
+def _int_at_least(minimum: int):
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+def _scheme_list(value: str) -> tuple[str, ...]:
+    schemes = tuple(s.strip().lower() for s in value.split(",") if s.strip())
+    if not schemes:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of URI schemes")
+    return schemes
+
+
+def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the job's flags to `parser`."""
+    group = parser.add_argument_group("beam-image-labeller")
+    group.add_argument(
+        "--input",
+        action="append",
+        help="Images to label, repeatable: a directory (its image files, recursively), a glob, one image, or a "
+        "manifest of URIs (.txt one per line, .csv, .jsonl, .parquet) on any fsspec filesystem.",
+    )
+    group.add_argument("--uri-column", default="uri", help="Manifest column holding the URIs (default: uri).")
+    group.add_argument(
+        "--output",
+        help="Output path prefix on any filesystem Beam writes (local, gs://, ...); shards are written as "
+        "PREFIX-SSSSS-of-NNNNN.parquet. A prefix ending in / writes PREFIX/labels-....",
+    )
+    group.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="hf://OWNER/REPO[@REVISION], a TF Hub/Kaggle handle URL, a SavedModel directory (local or any "
+        f"fsspec URL), or a .tflite file (default: {DEFAULT_MODEL}).",
+    )
+    group.add_argument(
+        "--labels",
+        default=DEFAULT_LABELS_URL,
+        help="Label file, one class name per line, line i = class id i (default: TensorFlow's ImageNetLabels.txt).",
+    )
+    group.add_argument("--top-k", type=_int_at_least(1), default=5, help="Classes kept per image (default: 5).")
+    group.add_argument(
+        "--resize",
+        choices=RESIZE_MODES,
+        default=DEFAULT_RESIZE,
+        help="squash: the whole image to the model's size; center-crop: the central 87.5%% of the shorter side "
+        f"(default: {DEFAULT_RESIZE}, the more accurate on the ImageNet sample).",
+    )
+    group.add_argument(
+        "--min-batch-size",
+        type=_int_at_least(1),
+        default=DEFAULT_MIN_BATCH_SIZE,
+        help=f"Smallest batch RunInference sends to the model (default: {DEFAULT_MIN_BATCH_SIZE}).",
+    )
+    group.add_argument(
+        "--max-batch-size",
+        type=_int_at_least(1),
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help=f"Largest batch RunInference sends to the model (default: {DEFAULT_MAX_BATCH_SIZE}).",
+    )
+    group.add_argument(
+        "--max-bytes",
+        type=_int_at_least(1),
+        default=50_000_000,
+        help="Larger files become FileTooLarge error rows (default: 50000000).",
+    )
+    group.add_argument(
+        "--max-image-pixels",
+        type=_int_at_least(1),
+        default=100_000_000,
+        help="Images with more pixels become ImageTooLarge error rows, checked before decoding (default: 1e8).",
+    )
+    group.add_argument(
+        "--allowed-schemes",
+        type=_scheme_list,
+        default=DEFAULT_ALLOWED_SCHEMES,
+        help=f"URI schemes that may be read; others become error rows (default: {','.join(DEFAULT_ALLOWED_SCHEMES)}).",
+    )
+    group.add_argument(
+        "--large-model",
+        action="store_true",
+        help="Share one model per machine instead of one per worker process (Beam's share_model_across_processes).",
+    )

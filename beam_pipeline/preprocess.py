@@ -1,0 +1,89 @@
+"""Decodes image bytes with Pillow into the model's input: RGB, a fixed size, uint8 (scaled to [0,1] by the model)."""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from beam_pipeline import errors
+
+ResizeMode = Literal["squash", "center-crop"]
+RESIZE_MODES: tuple[ResizeMode, ...] = ("squash", "center-crop")
+CENTER_CROP_FRACTION = 0.875  # the usual ImageNet evaluation crop: the central 87.5% of the shorter side
+DRAFT_MARGIN = 2
+WHITE = (255, 255, 255)
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+def decode_image(
+    data: bytes, *, size: tuple[int, int], resize: ResizeMode, max_pixels: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Returns (uint8 array [height, width, 3], (original width, original height)).
+
+    The original size is the one a viewer shows: after the EXIF orientation is applied.
+    """
+    im = Image.open(io.BytesIO(data))
+    width, height = im.size
+    if width * height > max_pixels:
+        # Checked on the header, before any pixel is decoded: a decompression bomb never allocates.
+        raise errors.ImageInputError(
+            errors.IMAGE_TOO_LARGE, f"{width}x{height} pixels is over --max-image-pixels ({max_pixels})"
+        )
+    orientation = im.getexif().get(ImageOps.ExifTags.Base.Orientation, 1)
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    # JPEG draft mode lets libjpeg scale by 1/2, 1/4 or 1/8 while decoding (DCT scaling), never below what the
+    # resize needs, so a 4000x3000 photo is not decoded at full size for a 224x224 input.
+    im.draft("RGB", _draft_size(size, resize))
+    im = ImageOps.exif_transpose(im)  # loads the image; truncated or corrupt data raises here
+    rgb = to_rgb(im)
+    resized = _center_crop(rgb, size) if resize == "center-crop" else rgb.resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8), (width, height)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Converts any Pillow mode to RGB: alpha is composited on white, 16-bit samples keep their top 8 bits."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in _SIXTEEN_BIT_MODES:
+        samples = np.asarray(im)
+        if samples.max(initial=0) > 255:
+            samples = samples >> 8
+        return Image.fromarray(samples.astype(np.uint8), mode="L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in _ALPHA_MODES:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _draft_size(size: tuple[int, int], resize: ResizeMode) -> tuple[int, int]:
+    """The smallest size JPEG draft mode may decode to: twice what the resize starts from.
+
+    The margin keeps the final bilinear resize averaging over real pixels, so labels match a full decode
+    (with no margin, one of the 100 sample images changes its top-1 label).
+    """
+    if resize == "center-crop":
+        side = DRAFT_MARGIN * round(max(size) / CENTER_CROP_FRACTION)
+        return side, side
+    return DRAFT_MARGIN * size[0], DRAFT_MARGIN * size[1]
+
+
+def _center_crop(im: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resizes the shorter side to size / CENTER_CROP_FRACTION (256 for 224), then takes the central `size`.
+
+    This order (resize, then crop) reproduces the reference accuracy figures in ../shared/README.md.
+    """
+    width, height = im.size
+    short_side = round(max(size) / CENTER_CROP_FRACTION)
+    scale = short_side / min(width, height)
+    new_width, new_height = max(size[0], round(width * scale)), max(size[1], round(height * scale))
+    scaled = im.resize((new_width, new_height), Image.Resampling.BILINEAR)
+    left, top = (new_width - size[0]) // 2, (new_height - size[1]) // 2
+    return scaled.crop((left, top, left + size[0], top + size[1]))

@@ -1,0 +1,44 @@
+"""beam-image-labeller: installable locally and on Dataflow workers (--setup_file ./setup.py)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="beam-image-labeller",
+    version="0.1.0",
+    description="Label images with MobileNetV3 on Apache Beam: one Parquet row per input URI.",
+    packages=find_packages(include=["beam_pipeline", "beam_pipeline.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "apache-beam>=2.60,<3",
+        # The CPU build is enough for MobileNetV3 on Dataflow's CPU workers; elsewhere the full wheel.
+        "tensorflow-cpu>=2.16,<2.22; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        "tensorflow>=2.16,<2.22; platform_system != 'Linux' or platform_machine != 'x86_64'",
+        "huggingface_hub>=0.23,<3",
+        "pillow>=10,<13",
+        "fsspec>=2024.3",
+        "pyarrow>=14,<26",
+        "numpy>=1.26,<3",
+    ],
+    extras_require={
+        # TF Hub / Kaggle handles: tensorflow-hub needs tf-keras, which pulls in the full tensorflow wheel.
+        "tfhub": ["tensorflow-hub>=0.16,<0.17", "tf-keras>=2.16,<2.22"],
+        "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2024.3"],
+        "s3": ["s3fs>=2024.3"],
+        "test": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "tensorflow-hub>=0.16,<0.17",
+            "tf-keras>=2.16,<2.22",
+            "scikit-image>=0.22",
+            "matplotlib>=3.8",
+            "duckdb>=1.0",
+            "pandas>=2",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "beam-image-labeller=beam_pipeline.cli:main",
+            "beam-image-labeller-report=beam_pipeline.report:main",
+        ]
+    },
+)
