@@ -1,0 +1,82 @@
+"""Shared fixtures: the ../shared data, a small TF-Hub-format model, image folders, and running the job."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_ENV = "LABELLER_SHARED_DIR"
+TINY_CLASSES = 1001
+
+
+def shared_dir() -> Path:
+    """../shared (or $LABELLER_SHARED_DIR); fails the test clearly when it is missing."""
+    path = Path(os.environ.get(SHARED_ENV, REPO.parent / "shared")).resolve()
+    if not (path / "models").is_dir():
+        pytest.fail(f"shared test data not found at {path}: set {SHARED_ENV} to the folder holding models/ and images/")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return shared_dir()
+
+
+@pytest.fixture(scope="session")
+def float_model(shared: Path) -> str:
+    return str(shared / "models" / "mobilenet_v3_small_100_224_float")
+
+
+@pytest.fixture(scope="session")
+def tflite_model(shared: Path) -> str:
+    return str(shared / "models" / "mobilenet_v3_small_100_224_uint8.tflite")
+
+
+@pytest.fixture(scope="session")
+def labels_file(shared: Path) -> str:
+    return str(shared / "labels" / "ImageNetLabels.txt")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A small model with random weights saved in TF Hub's format: __call__ and serving_default, 1001 logits."""
+    import tensorflow as tf
+
+    class TinyClassifier(tf.Module):
+        def __init__(self):
+            super().__init__()
+            rng = tf.random.Generator.from_seed(7)
+            self.kernel = tf.Variable(rng.normal([3, 3, 3, 8]), name="conv/weights")
+            self.dense = tf.Variable(rng.normal([8, TINY_CLASSES]), name="logits/weights")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.float32)])
+        def __call__(self, images):
+            x = tf.nn.relu(tf.nn.conv2d(images * 2.0 - 1.0, self.kernel, strides=4, padding="SAME"))
+            return tf.matmul(tf.reduce_mean(x, axis=[1, 2]), self.dense)
+
+    module = TinyClassifier()
+    path = tmp_path_factory.mktemp("tiny_model") / "savedmodel"
+    serving = tf.function(lambda inputs: {"logits": module(inputs)}).get_concrete_function(
+        tf.TensorSpec([None, 224, 224, 3], tf.float32, name="inputs")
+    )
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serving})
+    return str(path)
+
+
+def run_job(*args: str) -> int:
+    """Runs the job in this process, as `python -m beam_pipeline ARGS` would; returns its exit code."""
+    from beam_pipeline.cli import main
+
+    return main([str(a) for a in args])
+
+
+def read_output(prefix: Path | str) -> pa.Table:
+    """Every final shard of a run, read back with pyarrow."""
+    files = sorted(Path(prefix).parent.glob(Path(prefix).name + "-*-of-*.parquet"))
+    assert files, f"no output shards for {prefix}"
+    return pa.concat_tables([pq.read_table(f) for f in files])
