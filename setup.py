@@ -24,6 +24,8 @@ setup(
         "tfhub": ["tensorflow-hub>=0.16,<0.17", "tf-keras>=2.16,<2.22"],
         "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2024.3"],
         "s3": ["s3fs>=2024.3"],
+        # run_local.sh takes its sample photos from these packages.
+        "samples": ["scikit-image>=0.22", "matplotlib>=3.8"],
         "test": [
             "pytest>=8",
             "ruff>=0.6",

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Sets up a virtualenv (first run only), labels sample photos on the local runner into ./output/, prints a summary.
+#   INPUT=...   folder, glob or manifest to label (default: sample photos shipped by scikit-image and matplotlib)
+#   MODEL=...   --model (default: ../shared's float SavedModel when present, else hf://Dimitre/mobilenet_v3_small)
+#   LABELS=...  --labels (default: ../shared's ImageNetLabels.txt when present, else TensorFlow's published file)
+#   Extra arguments are passed to the job, e.g. ./run_local.sh --top-k 3
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+if ! python -c "import beam_pipeline, skimage, matplotlib" 2>/dev/null; then
+  echo "Installing beam-image-labeller into $VENV (a few minutes, once)..."
+  pip install -q --upgrade pip
+  pip install -q -e ".[samples]"
+fi
+
+SHARED=${LABELLER_SHARED_DIR:-../shared}
+OUTPUT=output
+rm -rf "$OUTPUT/labels"
+if [ -z "${INPUT:-}" ]; then
+  INPUT="$OUTPUT/sample-images"
+  python scripts/sample_images.py "$INPUT" >/dev/null
+fi
+args=(--input "$INPUT" --output "$OUTPUT/labels/labels")
+if [ -n "${MODEL:-}" ]; then
+  args+=(--model "$MODEL")
+elif [ -d "$SHARED/models/mobilenet_v3_small_100_224_float" ]; then
+  args+=(--model "$SHARED/models/mobilenet_v3_small_100_224_float")
+fi
+if [ -n "${LABELS:-}" ]; then
+  args+=(--labels "$LABELS")
+elif [ -f "$SHARED/labels/ImageNetLabels.txt" ]; then
+  args+=(--labels "$SHARED/labels/ImageNetLabels.txt")
+fi
+
+echo "beam-image-labeller ${args[*]} $*"
+python -m beam_pipeline "${args[@]}" "$@"
+echo
+echo "First rows of $OUTPUT/labels/:"
+python scripts/show_rows.py "$OUTPUT/labels" 10
