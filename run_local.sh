@@ -13,10 +13,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-if ! python -c "import beam_pipeline, skimage, matplotlib" 2>/dev/null; then
+if ! python -c "import beam_pipeline, skimage, matplotlib, duckdb" 2>/dev/null; then
   echo "Installing beam-image-labeller into $VENV (a few minutes, once)..."
   pip install -q --upgrade pip
-  pip install -q -e ".[samples]"
+  pip install -q -e ".[samples,report]"
 fi
 
 SHARED=${LABELLER_SHARED_DIR:-../shared}
@@ -43,3 +43,6 @@ python -m beam_pipeline "${args[@]}" "$@"
 echo
 echo "First rows of $OUTPUT/labels/:"
 python scripts/show_rows.py "$OUTPUT/labels" 10
+python -m beam_pipeline.report "$OUTPUT/labels/labels" --html "$OUTPUT/report.html" >/dev/null
+echo
+echo "Review report: $OUTPUT/report.html"

@@ -26,6 +26,8 @@ setup(
         "s3": ["s3fs>=2024.3"],
         # run_local.sh takes its sample photos from these packages.
         "samples": ["scikit-image>=0.22", "matplotlib>=3.8"],
+        # beam-image-labeller-report: DuckDB queries the output, matplotlib draws the charts.
+        "report": ["duckdb>=1.0", "matplotlib>=3.8"],
         "test": [
             "pytest>=8",
             "ruff>=0.6",

@@ -153,10 +153,19 @@ def _manifest_schema(path: str, manifest_format: str) -> pa.Schema:
             return pq.read_schema(f)
         if manifest_format == "csv":
             return pa_csv.open_csv(f).schema
-        sample = b"".join(line for _, line in zip(range(_SCHEMA_SAMPLE_LINES), f) if line.strip())
+        sample = []
+        for line in f:
+            try:
+                row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue  # malformed lines become error rows later; they say nothing about the columns
+            if isinstance(row, dict):
+                sample.append(line.strip())
+            if len(sample) >= _SCHEMA_SAMPLE_LINES:
+                break
         if not sample:
             return pa.schema([])
-        return pa_json.read_json(io.BytesIO(sample)).schema
+        return pa_json.read_json(io.BytesIO(b"\n".join(sample))).schema
 
 
 def _read_manifest(path: str, manifest_format: str, uri_column: str, carried: pa.Schema) -> Iterator[dict]:

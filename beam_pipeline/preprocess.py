@@ -6,7 +6,7 @@ import io
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from beam_pipeline import errors
 
@@ -26,7 +26,13 @@ def decode_image(
 
     The original size is the one a viewer shows: after the EXIF orientation is applied.
     """
-    im = Image.open(io.BytesIO(data))
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        format_name = _format_by_signature(data)
+        if format_name:
+            raise errors.ImageInputError(errors.CORRUPT_IMAGE, f"a {format_name} file whose header is broken") from None
+        raise errors.ImageInputError(errors.NOT_AN_IMAGE, "Pillow recognises no image format in the bytes") from None
     width, height = im.size
     if width * height > max_pixels:
         # Checked on the header, before any pixel is decoded: a decompression bomb never allocates.
@@ -43,6 +49,15 @@ def decode_image(
     rgb = to_rgb(im)
     resized = _center_crop(rgb, size) if resize == "center-crop" else rgb.resize(size, Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8), (width, height)
+
+
+def _format_by_signature(data: bytes) -> str | None:
+    """The image format whose magic bytes `data` starts with, by Pillow's own plugin checks."""
+    Image.init()
+    for name, (_, accept) in Image.OPEN.items():
+        if accept is not None and accept(data[:16]):
+            return name
+    return None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -40,34 +40,55 @@ def _launch_error(capsys, *args) -> str:
 
 
 def test_missing_input(tmp_path, tiny_model, labels_file, capsys):
-    message = _launch_error(capsys, "--input", tmp_path / "nope", "--output", tmp_path / "o", "--model", tiny_model,
-                            "--labels", labels_file)
+    message = _launch_error(
+        capsys, "--input", tmp_path / "nope", "--output", tmp_path / "o", "--model", tiny_model, "--labels", labels_file
+    )
     assert "--input" in message and "nope" in message
 
 
 def test_unknown_model_scheme(tmp_path, labels_file, capsys):
-    message = _launch_error(capsys, "--input", tmp_path, "--output", tmp_path / "o", "--model", "ftp2://x/model",
-                            "--labels", labels_file)
+    message = _launch_error(
+        capsys, "--input", tmp_path, "--output", tmp_path / "o", "--model", "ftp2://x/model", "--labels", labels_file
+    )
     assert "--model" in message and "ftp2" in message
 
 
 def test_unreadable_labels(tmp_path, tiny_model, capsys):
-    message = _launch_error(capsys, "--input", tmp_path, "--output", tmp_path / "o", "--model", tiny_model,
-                            "--labels", tmp_path / "missing.txt")
+    message = _launch_error(
+        capsys,
+        "--input",
+        tmp_path,
+        "--output",
+        tmp_path / "o",
+        "--model",
+        tiny_model,
+        "--labels",
+        tmp_path / "missing.txt",
+    )
     assert "--labels" in message and "missing.txt" in message
 
 
 def test_label_count_must_match_the_model(tmp_path, tiny_model, capsys):
     short = tmp_path / "ten.txt"
     short.write_text("\n".join(f"class {i}" for i in range(10)))
-    message = _launch_error(capsys, "--input", tmp_path, "--output", tmp_path / "o", "--model", tiny_model,
-                            "--labels", short)
+    message = _launch_error(
+        capsys, "--input", tmp_path, "--output", tmp_path / "o", "--model", tiny_model, "--labels", short
+    )
     assert "--labels" in message and "10 labels" in message and "1001" in message
 
 
 def test_unwritable_output(tmp_path, tiny_model, labels_file, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
-    message = _launch_error(capsys, "--input", tmp_path, "--output", blocker / "sub" / "labels", "--model",
-                            tiny_model, "--labels", labels_file)
+    message = _launch_error(
+        capsys,
+        "--input",
+        tmp_path,
+        "--output",
+        blocker / "sub" / "labels",
+        "--model",
+        tiny_model,
+        "--labels",
+        labels_file,
+    )
     assert "--output" in message

@@ -20,9 +20,21 @@ def test_hf_model_from_offline_cache(tmp_path, float_model, labels_file, shared)
     prefix = tmp_path / "out" / "labels"
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "beam_pipeline", "--input", shared / "images" / "photos", "--output", prefix,
-         "--labels", labels_file],  # no --model: the default, hf://Dimitre/mobilenet_v3_small
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "beam_pipeline",
+            "--input",
+            shared / "images" / "photos",
+            "--output",
+            prefix,
+            "--labels",
+            labels_file,
+        ],  # no --model: the default, hf://Dimitre/mobilenet_v3_small
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_output(prefix).to_pylist()

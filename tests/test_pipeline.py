@@ -61,7 +61,9 @@ def test_manifests_carry_their_columns_with_types(tmp_path, mixed_folder, tiny_m
     csv_path = tmp_path / "manifest.csv"
     csv_path.write_text("id,uri,row_key\n" + "".join(f"{i},{u},k{i}\n" for i, u in enumerate(uris)))
     jsonl_path = tmp_path / "more.jsonl"
-    jsonl_path.write_text(json.dumps({"uri": uris[0], "id": 100, "row_key": "j0"}) + "\n" + '{"uri": null, "id": 101}\n')
+    jsonl_path.write_text(
+        json.dumps({"uri": uris[0], "id": 100, "row_key": "j0"}) + "\n" + '{"uri": null, "id": 101}\n'
+    )
 
     prefix = tmp_path / "out" / "labels"
     args = ["--input", csv_path, "--input", jsonl_path, "--output", prefix, "--model", tiny_model]
@@ -94,7 +96,9 @@ def test_parquet_and_text_manifests(tmp_path, mixed_folder, tiny_model, labels_f
     table = read_output(prefix)
     assert table.num_rows == 2 * len(good)
     assert table.schema.field("score_hint").type == pa.float32()
-    assert sorted(table.column("score_hint").to_pylist(), key=str) == sorted([0.5] * len(good) + [None] * len(good), key=str)
+    assert sorted(table.column("score_hint").to_pylist(), key=str) == sorted(
+        [0.5] * len(good) + [None] * len(good), key=str
+    )
     assert set(table.column("status").to_pylist()) == {"ok"}
 
 
@@ -104,8 +108,19 @@ def test_memory_filesystem_input(tmp_path, shared, tiny_model, labels_file):
     for source in sources:
         fs.pipe(f"/bucket/photos/{source.name}", source.read_bytes())
     prefix = tmp_path / "out" / "labels"
-    assert run_job("--input", "memory://bucket/photos/*.bmp", "--output", prefix, "--model", tiny_model,
-                   "--labels", labels_file) == 0
+    assert (
+        run_job(
+            "--input",
+            "memory://bucket/photos/*.bmp",
+            "--output",
+            prefix,
+            "--model",
+            tiny_model,
+            "--labels",
+            labels_file,
+        )
+        == 0
+    )
     table = read_output(prefix)
     uris = sorted(table.column("uri").to_pylist())
     # fsspec's canonical form of memory paths has a leading slash: memory:///bucket/...
@@ -118,8 +133,24 @@ def test_multi_processing_direct_runner(tmp_path, mixed_folder, tiny_model, labe
     """Two SDK worker processes: the handler and DoFns are pickled across the process boundary."""
     folder, expected = mixed_folder
     prefix = tmp_path / "out" / "labels"
-    assert run_job("--input", folder, "--output", prefix, "--model", tiny_model, "--labels", labels_file,
-                   "--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
-                   "--direct_num_workers", "2") == 0
+    assert (
+        run_job(
+            "--input",
+            folder,
+            "--output",
+            prefix,
+            "--model",
+            tiny_model,
+            "--labels",
+            labels_file,
+            "--runner",
+            "DirectRunner",
+            "--direct_running_mode",
+            "multi_processing",
+            "--direct_num_workers",
+            "2",
+        )
+        == 0
+    )
     table = read_output(prefix)
     assert sorted(Path(u).name for u in table.column("uri").to_pylist()) == sorted(expected)
