@@ -68,8 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: argument {exc.flag}: {exc}", file=sys.stderr)
         return 2
     summary = runner.run(config, local_defaults(beam_args))
-    if summary is not None:
-        print(summary.format())
+    print(summary.format())
+    failed_fraction = summary.images_failed / summary.images_read if summary.images_read else 0.0
+    if failed_fraction > config.max_error_fraction:
+        print(
+            f"{PROG}: error: {failed_fraction:.1%} of inputs failed, over --max-error-fraction "
+            f"{config.max_error_fraction:g}; every row was written to {config.output}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from PIL import Image
 
 from beam_pipeline.preprocess import ResizeMode, decode_image
 from beam_pipeline.reading import read_image_bytes
@@ -29,6 +30,8 @@ class DecodeImage(beam.DoFn):
         max_bytes: int,
         max_pixels: int,
         allowed_schemes: tuple[str, ...],
+        allow_private_hosts: bool,
+        read_retries: int,
         model_id: str,
     ):
         self._size = size
@@ -36,15 +39,27 @@ class DecodeImage(beam.DoFn):
         self._max_bytes = max_bytes
         self._max_pixels = max_pixels
         self._allowed_schemes = allowed_schemes
+        self._allow_private_hosts = allow_private_hosts
+        self._read_retries = read_retries
         self._model_id = model_id
         self._read = Metrics.counter(METRICS_NAMESPACE, "images_read")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
+
+    def setup(self) -> None:
+        # Pillow's own decompression-bomb guard follows the flag too (it would otherwise stop at its own limit).
+        Image.MAX_IMAGE_PIXELS = self._max_pixels
 
     def process(self, row: dict) -> Iterator:
         self._read.inc()
         stage_is_read = True
         try:
-            data = read_image_bytes(row["uri"], max_bytes=self._max_bytes, allowed_schemes=self._allowed_schemes)
+            data = read_image_bytes(
+                row["uri"],
+                max_bytes=self._max_bytes,
+                allowed_schemes=self._allowed_schemes,
+                retries=self._read_retries,
+                allow_private_hosts=self._allow_private_hosts,
+            )
             stage_is_read = False
             pixels, (width, height) = decode_image(
                 data, size=self._size, resize=self._resize, max_pixels=self._max_pixels

@@ -38,6 +38,9 @@ class JobConfig:
     max_bytes: int
     max_image_pixels: int
     allowed_schemes: tuple[str, ...]
+    allow_private_hosts: bool
+    read_retries: int
+    max_error_fraction: float
     large_model: bool
 
 
@@ -89,6 +92,9 @@ def prepare(flags) -> JobConfig:
         max_bytes=flags.max_bytes,
         max_image_pixels=flags.max_image_pixels,
         allowed_schemes=tuple(flags.allowed_schemes),
+        allow_private_hosts=flags.allow_private_hosts,
+        read_retries=flags.read_retries,
+        max_error_fraction=flags.max_error_fraction,
         large_model=flags.large_model,
     )
 

@@ -10,7 +10,7 @@ import argparse
 
 from beam_pipeline.labels import DEFAULT_LABELS_URL
 from beam_pipeline.preprocess import RESIZE_MODES
-from beam_pipeline.reading import DEFAULT_ALLOWED_SCHEMES
+from beam_pipeline.reading import DEFAULT_ALLOWED_SCHEMES, DEFAULT_READ_RETRIES
 
 DEFAULT_MODEL = "hf://Dimitre/mobilenet_v3_small"
 DEFAULT_RESIZE = "center-crop"  # measured: top-1 77% vs 70% (squash) on ../shared/images/imagenet-sample-100
@@ -29,6 +29,16 @@ def _int_at_least(minimum: int):
         return number
 
     return parse
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value!r}") from None
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {number}")
+    return number
 
 
 def _scheme_list(value: str) -> tuple[str, ...]:
@@ -101,6 +111,25 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
         type=_scheme_list,
         default=DEFAULT_ALLOWED_SCHEMES,
         help=f"URI schemes that may be read; others become error rows (default: {','.join(DEFAULT_ALLOWED_SCHEMES)}).",
+    )
+    group.add_argument(
+        "--allow-private-hosts",
+        action="store_true",
+        help="Allow http(s) URIs whose host is loopback, link-local or private, and follow redirects (default: "
+        "refused, as BlockedHost rows).",
+    )
+    group.add_argument(
+        "--read-retries",
+        type=_int_at_least(0),
+        default=DEFAULT_READ_RETRIES,
+        help="Retries of a read that failed transiently (timeouts, resets, HTTP 429/5xx), with exponential backoff "
+        f"(default: {DEFAULT_READ_RETRIES}).",
+    )
+    group.add_argument(
+        "--max-error-fraction",
+        type=_fraction,
+        default=1.0,
+        help="Exit non-zero (after writing every row) when more than this fraction of inputs failed (default: 1).",
     )
     group.add_argument(
         "--large-model",

@@ -40,6 +40,8 @@ def build(pipeline: beam.Pipeline, job: JobConfig) -> None:
                 max_bytes=job.max_bytes,
                 max_pixels=job.max_image_pixels,
                 allowed_schemes=job.allowed_schemes,
+                allow_private_hosts=job.allow_private_hosts,
+                read_retries=job.read_retries,
                 model_id=job.model.model_id,
             )
         ).with_outputs(FAILED_TAG, main="decoded")

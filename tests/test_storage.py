@@ -1,0 +1,127 @@
+"""Flaky storage is retried, private hosts are refused, and a run with too many failures exits non-zero."""
+
+from __future__ import annotations
+
+import collections
+import http.server
+import threading
+
+import fsspec
+import pytest
+from conftest import read_output, run_job
+from fsspec.implementations.memory import MemoryFileSystem
+
+from beam_pipeline import reading
+
+SCHEMES = "file,memory,flaky,http"
+
+
+class FlakyFileSystem(MemoryFileSystem):
+    """A memory filesystem whose first `failures` opens of each path raise ConnectionResetError."""
+
+    protocol = "flaky"
+    failures = 2
+    opens: collections.Counter = collections.Counter()
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return MemoryFileSystem._strip_protocol(path.removeprefix("flaky://"))
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "r" not in mode:
+            return super()._open(path, mode, **kwargs)
+        self.opens[path] += 1
+        if self.opens[path] <= self.failures:
+            raise ConnectionResetError(f"simulated reset #{self.opens[path]} reading {path}")
+        return super()._open(path, mode, **kwargs)
+
+
+@pytest.fixture
+def flaky(shared):
+    fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+    FlakyFileSystem.opens.clear()
+    fs = fsspec.filesystem("flaky")
+    fs.pipe("/photos/hot_dog.jpg", (shared / "images" / "photos" / "hot_dog.jpg").read_bytes())
+    yield fs
+    fs.rm("/photos", recursive=True)
+
+
+def test_transient_errors_are_retried_and_missing_files_are_not(tmp_path, flaky, monkeypatch, tiny_model, labels_file):
+    monkeypatch.setattr(reading, "BACKOFF_SECONDS", 0.01)
+    manifest = tmp_path / "m.txt"
+    manifest.write_text("flaky://photos/hot_dog.jpg\nflaky://photos/missing.jpg\n")
+    prefix = tmp_path / "out" / "labels"
+    args = ["--input", manifest, "--output", prefix, "--model", tiny_model, "--labels", labels_file]
+    assert run_job(*args, "--allowed-schemes", SCHEMES, "--read-retries", "3") == 0
+    rows = {r["uri"]: r for r in read_output(prefix).to_pylist()}
+    assert rows["flaky://photos/hot_dog.jpg"]["status"] == "ok"
+    assert rows["flaky://photos/missing.jpg"]["error_type"] == "NotFound"
+    assert FlakyFileSystem.opens["/photos/hot_dog.jpg"] == 3, "two failures, then success"
+
+
+def test_retries_are_bounded(tmp_path, flaky, monkeypatch, tiny_model, labels_file):
+    monkeypatch.setattr(reading, "BACKOFF_SECONDS", 0.01)
+    manifest = tmp_path / "m.txt"
+    manifest.write_text("flaky://photos/hot_dog.jpg\n")
+    prefix = tmp_path / "out" / "labels"
+    args = ["--input", manifest, "--output", prefix, "--model", tiny_model, "--labels", labels_file]
+    assert run_job(*args, "--allowed-schemes", SCHEMES, "--read-retries", "1") == 0
+    (row,) = read_output(prefix).to_pylist()
+    assert row["error_type"] == "ReadError" and "ConnectionResetError" in row["error"]
+    assert FlakyFileSystem.opens["/photos/hot_dog.jpg"] == 2
+
+
+@pytest.fixture
+def local_http_server(shared):
+    """Serves ../shared/images/photos on 127.0.0.1 (a loopback address: private by the job's rules)."""
+    directory = str(shared / "images" / "photos")
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=directory, **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_private_http_hosts_are_refused_unless_allowed(tmp_path, local_http_server, tiny_model, labels_file):
+    manifest = tmp_path / "m.txt"
+    manifest.write_text(f"{local_http_server}/hot_dog.jpg\nhttp://169.254.169.254/latest/meta-data/\n")
+    base = ["--input", manifest, "--model", tiny_model, "--labels", labels_file]
+
+    assert run_job(*base, "--output", tmp_path / "refused" / "labels") == 0
+    refused = read_output(tmp_path / "refused" / "labels").to_pylist()
+    assert [r["error_type"] for r in refused] == ["BlockedHost", "BlockedHost"]
+
+    assert (
+        run_job(*base, "--output", tmp_path / "allowed" / "labels", "--allow-private-hosts", "--read-retries", "0") == 0
+    )
+    allowed = {r["uri"]: r for r in read_output(tmp_path / "allowed" / "labels").to_pylist()}
+    assert allowed[f"{local_http_server}/hot_dog.jpg"]["status"] == "ok"
+
+
+def test_max_error_fraction_writes_every_row_then_fails(tmp_path, shared, tiny_model, labels_file, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.jpg").write_bytes((shared / "images" / "photos" / "hot_dog.jpg").read_bytes())
+    for i in range(3):
+        (folder / f"bad{i}.jpg").write_bytes(b"not an image")
+    prefix = tmp_path / "out" / "labels"
+    args = ["--input", folder, "--output", prefix, "--model", tiny_model, "--labels", labels_file]
+    assert run_job(*args, "--max-error-fraction", "0.5") == 1
+    assert "75.0% of inputs failed" in capsys.readouterr().err
+    assert read_output(prefix).num_rows == 4
+    assert run_job(*args, "--max-error-fraction", "0.8") == 0
+
+
+def test_uri_scheme_check_is_unit_level():
+    with pytest.raises(Exception) as info:
+        reading.read_image_bytes("ftp://x/y.jpg", max_bytes=10, allowed_schemes=("file",))
+    assert getattr(info.value, "error_type", None) == "UnsupportedScheme"
+    assert not reading.is_transient(FileNotFoundError("x")) and reading.is_transient(TimeoutError())
