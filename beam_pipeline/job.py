@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import uuid
 
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline import inputs, labels, models
+from beam_pipeline import inputs, labels, models, outputs
 from beam_pipeline.preprocess import ResizeMode
 
 
@@ -28,6 +29,8 @@ class JobConfig:
     uri_column: str
     carried: pa.Schema
     output: str
+    run_id: str
+    started_at: datetime.datetime
     model: models.ModelRef
     labels: list[str]
     input_size: tuple[int, int]
@@ -75,13 +78,23 @@ def prepare(flags) -> JobConfig:
         )
     if flags.top_k > classifier.num_classes:
         raise LaunchError("--top-k", f"{flags.top_k} is more than the model's {classifier.num_classes} classes")
-    output = flags.output + "labels" if flags.output.endswith("/") else flags.output
+    started_at = datetime.datetime.now(datetime.timezone.utc)
+    run_id = outputs.new_run_id(started_at)
+    output = outputs.expand_prefix(flags.output, now=started_at, run_id=run_id)
     _check_writable(output)
+    if outputs.final_shards(output):
+        if not flags.overwrite:
+            raise LaunchError(
+                "--output", f"an earlier run's shards exist at {output}; pass --overwrite to replace them"
+            )
+        outputs.remove_previous_output(output)
     return JobConfig(
         inputs=specs,
         uri_column=flags.uri_column,
         carried=carried,
         output=output,
+        run_id=run_id,
+        started_at=started_at,
         model=model_ref,
         labels=label_names,
         input_size=classifier.input_size,

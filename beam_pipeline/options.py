@@ -61,7 +61,13 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--output",
         help="Output path prefix on any filesystem Beam writes (local, gs://, ...); shards are written as "
-        "PREFIX-SSSSS-of-NNNNN.parquet. A prefix ending in / writes PREFIX/labels-....",
+        "PREFIX-SSSSS-of-NNNNN.parquet, then PREFIX's folder gets _SUCCESS. A prefix ending in / writes "
+        "PREFIX/labels-...; {date} (UTC, YYYY-MM-DD) and {run_id} are filled in, e.g. out/dt={date}/.",
+    )
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace an earlier run's shards at --output (default: refuse to launch).",
     )
     group.add_argument(
         "--model",

@@ -7,7 +7,7 @@ from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from beam_pipeline import errors
+from beam_pipeline import errors, outputs
 from beam_pipeline.decode import FAILED_TAG, DecodeImage
 from beam_pipeline.handler import ImageClassifierHandler
 from beam_pipeline.inputs import ExpandInputs
@@ -16,7 +16,6 @@ from beam_pipeline.records import METRICS_NAMESPACE, error_row, labelled_row
 from beam_pipeline.schema import output_schema
 
 PARQUET_CODEC = "snappy"  # Beam's WriteToParquet default is no compression
-SHARD_SUFFIX = ".parquet"
 
 
 def build(pipeline: beam.Pipeline, job: JobConfig) -> None:
@@ -62,7 +61,7 @@ def build(pipeline: beam.Pipeline, job: JobConfig) -> None:
             schema=output_schema(job.carried),
             codec=PARQUET_CODEC,
             use_compliant_nested_type=True,
-            file_name_suffix=SHARD_SUFFIX,
+            file_name_suffix=outputs.SHARD_SUFFIX,
         )
     )
 

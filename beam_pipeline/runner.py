@@ -1,28 +1,41 @@
-"""Runs the labelling pipeline with the given Beam options and summarises the finished run."""
+"""Runs the labelling pipeline with the given Beam options, then summarises it and marks it done."""
 
 from __future__ import annotations
 
+import datetime
 import time
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import pipeline
+from beam_pipeline import outputs, pipeline
 from beam_pipeline.job import JobConfig
 from beam_pipeline.summary import RunSummary, summarize
 
 
-def output_files(job: JobConfig) -> list[str]:
-    """The final shards a run wrote (Beam's sink only renames them into place once every bundle is done)."""
-    pattern = f"{job.output}-*-of-*{pipeline.SHARD_SUFFIX}"
-    return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
-
-
 def run(job: JobConfig, beam_args: list[str]) -> RunSummary:
-    """Builds and runs the pipeline, waits for it, and returns its summary."""
+    """Builds and runs the pipeline, waits for it, writes _SUCCESS and returns the run's summary."""
     started = time.monotonic()
     with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
         pipeline.build(p, job)
-    result = p.result
-    return summarize(result, output_files(job), time.monotonic() - started)
+    shards = outputs.final_shards(job.output)
+    summary = summarize(p.result, shards, time.monotonic() - started)
+    finished_at = datetime.datetime.now(datetime.timezone.utc)
+    outputs.write_success(
+        job.output,
+        {
+            "run_id": job.run_id,
+            "started_at": job.started_at.isoformat(),
+            "finished_at": finished_at.isoformat(),
+            "rows": summary.images_read,
+            "status_counts": {"ok": summary.images_labelled, "error": summary.images_failed},
+            "errors_by_type": summary.errors_by_type,
+            "images_per_second": round(summary.images_per_second, 2),
+            "model": job.model.model_id,
+            "model_spec": job.model.spec,
+            "model_revision": job.model.revision,
+            "output_prefix": job.output,
+            "shards": shards,
+        },
+    )
+    return summary
