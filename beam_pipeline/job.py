@@ -44,6 +44,8 @@ class JobConfig:
     allow_private_hosts: bool
     read_retries: int
     max_error_fraction: float
+    skip_labelled: str | None
+    relabel_errors: bool
     large_model: bool
 
 
@@ -53,6 +55,8 @@ def prepare(flags) -> JobConfig:
         raise LaunchError("--input", "is required (a folder, a glob or a manifest of image URIs)")
     if not flags.output:
         raise LaunchError("--output", "is required (an output path prefix)")
+    if flags.relabel_errors and not flags.skip_labelled:
+        raise LaunchError("--relabel-errors", "only applies with --skip-labelled")
     if flags.min_batch_size > flags.max_batch_size:
         raise LaunchError("--min-batch-size", f"{flags.min_batch_size} is larger than --max-batch-size")
     specs = [inputs.InputSpec.parse(value) for value in flags.input]
@@ -108,6 +112,8 @@ def prepare(flags) -> JobConfig:
         allow_private_hosts=flags.allow_private_hosts,
         read_retries=flags.read_retries,
         max_error_fraction=flags.max_error_fraction,
+        skip_labelled=flags.skip_labelled,
+        relabel_errors=flags.relabel_errors,
         large_model=flags.large_model,
     )
 

@@ -138,6 +138,17 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
         help="Exit non-zero (after writing every row) when more than this fraction of inputs failed (default: 1).",
     )
     group.add_argument(
+        "--skip-labelled",
+        metavar="GLOB",
+        help="Parquet output of earlier runs (a glob, e.g. 'out/dt=*/labels-*.parquet'): inputs whose URI it holds "
+        "for the same --model are not labelled again (joined inside the pipeline).",
+    )
+    group.add_argument(
+        "--relabel-errors",
+        action="store_true",
+        help="With --skip-labelled: retry URIs whose earlier row is an error (default: they count as done).",
+    )
+    group.add_argument(
         "--large-model",
         action="store_true",
         help="Share one model per machine instead of one per worker process (Beam's share_model_across_processes).",

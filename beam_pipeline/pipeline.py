@@ -10,6 +10,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from beam_pipeline import errors, outputs
 from beam_pipeline.decode import FAILED_TAG, DecodeImage
 from beam_pipeline.handler import ImageClassifierHandler
+from beam_pipeline.incremental import SkipLabelled
 from beam_pipeline.inputs import ExpandInputs
 from beam_pipeline.job import JobConfig
 from beam_pipeline.records import METRICS_NAMESPACE, error_row, labelled_row
@@ -28,23 +29,21 @@ def build(pipeline: beam.Pipeline, job: JobConfig) -> None:
         max_batch_size=job.max_batch_size,
         large_model=job.large_model,
     )
-    decoded = (
-        pipeline
-        | "ExpandInputs" >> ExpandInputs(job.inputs, job.uri_column, job.carried)
-        | "Decode"
-        >> beam.ParDo(
-            DecodeImage(
-                size=job.input_size,
-                resize=job.resize,
-                max_bytes=job.max_bytes,
-                max_pixels=job.max_image_pixels,
-                allowed_schemes=job.allowed_schemes,
-                allow_private_hosts=job.allow_private_hosts,
-                read_retries=job.read_retries,
-                model_id=job.model.model_id,
-            )
-        ).with_outputs(FAILED_TAG, main="decoded")
-    )
+    rows = pipeline | "ExpandInputs" >> ExpandInputs(job.inputs, job.uri_column, job.carried)
+    if job.skip_labelled:
+        rows = rows | "SkipLabelled" >> SkipLabelled(job.skip_labelled, job.model.model_id, job.relabel_errors)
+    decoded = rows | "Decode" >> beam.ParDo(
+        DecodeImage(
+            size=job.input_size,
+            resize=job.resize,
+            max_bytes=job.max_bytes,
+            max_pixels=job.max_image_pixels,
+            allowed_schemes=job.allowed_schemes,
+            allow_private_hosts=job.allow_private_hosts,
+            read_retries=job.read_retries,
+            model_id=job.model.model_id,
+        )
+    ).with_outputs(FAILED_TAG, main="decoded")
     predictions, dead_letters = (
         decoded.decoded | "Classify" >> RunInference(KeyedModelHandler(handler)).with_exception_handling()
     )

@@ -68,7 +68,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
         samples = np.asarray(im)
         if samples.max(initial=0) > 255:
             samples = samples >> 8
-        return Image.fromarray(samples.astype(np.uint8), mode="L").convert("RGB")
+        return Image.fromarray(samples.astype(np.uint8)).convert("RGB")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in _ALPHA_MODES:

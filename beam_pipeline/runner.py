@@ -30,6 +30,7 @@ def run(job: JobConfig, beam_args: list[str]) -> RunSummary:
             "rows": summary.images_read,
             "status_counts": {"ok": summary.images_labelled, "error": summary.images_failed},
             "errors_by_type": summary.errors_by_type,
+            "rows_skipped": summary.rows_skipped,
             "images_per_second": round(summary.images_per_second, 2),
             "model": job.model.model_id,
             "model_spec": job.model.spec,

@@ -20,6 +20,7 @@ class RunSummary:
     images_read: int
     images_labelled: int
     images_failed: int
+    rows_skipped: int
     errors_by_type: dict[str, int]
     seconds: float
     top_labels: list[tuple[str, int]]
@@ -33,6 +34,8 @@ class RunSummary:
             f"images read: {self.images_read}  labelled: {self.images_labelled}  failed: {self.images_failed}",
             f"time: {self.seconds:.1f} s  ({self.images_per_second:.1f} images/s)",
         ]
+        if self.rows_skipped:
+            lines.append(f"skipped (labelled by an earlier run): {self.rows_skipped}")
         if self.errors_by_type:
             lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(self.errors_by_type.items())))
         if self.top_labels:
@@ -57,6 +60,7 @@ def summarize(result: PipelineResult, output_files: list[str], seconds: float, t
         images_read=totals.get("images_read", 0),
         images_labelled=totals.get("images_labelled", 0),
         images_failed=totals.get("images_failed", 0),
+        rows_skipped=totals.get("rows_skipped", 0),
         errors_by_type={k.removeprefix("failed_"): v for k, v in totals.items() if k.startswith("failed_")},
         seconds=seconds,
         top_labels=most_frequent_labels(output_files, top_n),

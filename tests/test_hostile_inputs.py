@@ -52,7 +52,7 @@ def _animated_gif(im: Image.Image) -> bytes:
 
 def _sixteen_bit_png(im: Image.Image) -> bytes:
     gray = (np.asarray(im.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
-    return _png(Image.fromarray(gray, mode="I;16"))
+    return _png(Image.fromarray(gray))
 
 
 def _palette_with_transparency(im: Image.Image) -> bytes:

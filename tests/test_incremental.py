@@ -1,0 +1,54 @@
+"""Nightly runs over a growing manifest: the second run labels only the new rows; the union has each once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import read_output, run_job
+from images import write_good_images
+
+
+def _manifest(path: Path, uris: list[str]) -> Path:
+    path.write_text("id,uri\n" + "".join(f"{i},{u}\n" for i, u in enumerate(uris)))
+    return path
+
+
+def test_second_run_labels_only_new_rows(tmp_path, shared, tiny_model, labels_file):
+    photos = [str(p) for p in write_good_images(tmp_path / "images", shared)]
+    broken = tmp_path / "images" / "broken.jpg"
+    broken.write_bytes(b"not yet an image")
+    first_uris = photos[:3] + [str(broken)]
+    out = tmp_path / "labels"
+    previous = str(out / "dt=*" / "labels-*.parquet")
+    common = ["--model", tiny_model, "--labels", labels_file, "--skip-labelled", previous]
+
+    manifest = _manifest(tmp_path / "m.csv", first_uris)
+    assert run_job("--input", manifest, "--output", out / "dt=1" / "labels", *common) == 0
+    first = read_output(out / "dt=1" / "labels").to_pylist()
+    assert sorted(r["uri"] for r in first) == sorted(first_uris)
+
+    grown = _manifest(tmp_path / "m.csv", first_uris + photos[3:])
+    assert run_job("--input", grown, "--output", out / "dt=2" / "labels", *common) == 0
+    second = read_output(out / "dt=2" / "labels").to_pylist()
+    assert sorted(r["uri"] for r in second) == sorted(photos[3:]), "only the new rows"
+    union = [r["uri"] for r in first + second]
+    assert sorted(union) == sorted(first_uris + photos[3:]) and len(set(union)) == len(union)
+
+    # The broken file is repaired; --relabel-errors retries it, and only it.
+    broken.write_bytes((shared / "images" / "photos" / "hot_dog.jpg").read_bytes())
+    assert run_job("--input", grown, "--output", out / "dt=3" / "labels", *common, "--relabel-errors") == 0
+    third = read_output(out / "dt=3" / "labels").to_pylist()
+    assert [(r["uri"], r["status"], r["label"]) for r in third] == [(str(broken), "ok", third[0]["label"])]
+
+
+def test_other_model_output_does_not_count(tmp_path, shared, tiny_model, float_model, labels_file):
+    photos = [str(p) for p in write_good_images(tmp_path / "images", shared)]
+    manifest = _manifest(tmp_path / "m.csv", photos)
+    out = tmp_path / "labels"
+    assert (
+        run_job("--input", manifest, "--output", out / "a" / "labels", "--model", tiny_model, "--labels", labels_file)
+        == 0
+    )
+    args = ["--input", manifest, "--output", out / "b" / "labels", "--model", float_model, "--labels", labels_file]
+    assert run_job(*args, "--skip-labelled", str(out / "*" / "labels-*.parquet")) == 0
+    assert read_output(out / "b" / "labels").num_rows == len(photos)
