@@ -22,7 +22,7 @@ setup(
     extras_require={
         # TF Hub / Kaggle handles: tensorflow-hub needs tf-keras, which pulls in the full tensorflow wheel.
         "tfhub": ["tensorflow-hub>=0.16,<0.17", "tf-keras>=2.16,<2.22"],
-        "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2024.3"],
+        "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2024.3", "build>=1"],
         "s3": ["s3fs>=2024.3"],
         # run_local.sh takes its sample photos from these packages.
         "samples": ["scikit-image>=0.22", "matplotlib>=3.8"],
@@ -30,6 +30,8 @@ setup(
         "report": ["duckdb>=1.0", "matplotlib>=3.8"],
         "test": [
             "pytest>=8",
+            "build>=1",  # the sdist test builds what --setup_file ships to Dataflow workers
+            "apache-beam[gcp]>=2.60,<3",  # the Dataflow job-graph test
             "ruff>=0.6",
             "tensorflow-hub>=0.16,<0.17",
             "tf-keras>=2.16,<2.22",
