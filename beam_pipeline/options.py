@@ -48,9 +48,20 @@ def _scheme_list(value: str) -> tuple[str, ...]:
     return schemes
 
 
+class _FlagGroup:
+    """An argparse group that also accepts each --multi-word flag as --multi_word (Beam's and Flex Templates' style)."""
+
+    def __init__(self, group):
+        self._group = group
+
+    def add_argument(self, flag: str, **kwargs) -> None:
+        aliases = [flag.replace("-", "_").replace("__", "--", 1)] if "-" in flag[2:] else []
+        self._group.add_argument(flag, *aliases, **kwargs)
+
+
 def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the job's flags to `parser`."""
-    group = parser.add_argument_group("beam-image-labeller")
+    group = _FlagGroup(parser.add_argument_group("beam-image-labeller"))
     group.add_argument(
         "--input",
         action="append",

@@ -185,3 +185,21 @@ def test_portable_runner_against_local_job_service(
     table = read_output(prefix)
     assert sorted(table.column("uri").to_pylist()) == sorted(str(p) for p in few_hundred_images)
     assert set(table.column("status").to_pylist()) == {"ok"}
+
+
+def test_flex_template_parameters_are_job_flags():
+    """Every parameter in dataflow/metadata.json reaches the job as --name=value and parses."""
+    import json
+
+    metadata = json.loads((REPO / "dataflow" / "metadata.json").read_text())
+    samples = {"top_k": "3", "resize": "squash", "max_error_fraction": "0.1"}
+    argv = [f"--{p['name']}={samples.get(p['name'], 'gs://bucket/x')}" for p in metadata["parameters"]]
+    flags, unknown = cli.build_parser().parse_known_args(argv)
+    assert unknown == []
+    for parameter in metadata["parameters"]:
+        assert getattr(flags, parameter["name"]) not in (None, False)
+    dockerfile = (REPO / "dataflow" / "Dockerfile").read_text()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (REPO / source).exists(), source
