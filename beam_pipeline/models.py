@@ -80,8 +80,24 @@ def resolve(spec: str) -> ModelRef:
     return ModelRef(spec, kind)
 
 
+_loaded: dict[tuple[ModelRef, int | None], Classifier] = {}
+_loading = threading.Lock()
+
+
 def load(ref: ModelRef, *, num_threads: int | None = None) -> Classifier:
-    """Loads the classifier a ModelRef names; raises ModelError with what and where on failure."""
+    """The classifier a ModelRef names, loaded once per process; raises ModelError with what and where.
+
+    A local run's workers live in the launcher's process, so they reuse the model the launch check loaded
+    (saving a second SavedModel load and trace, ~2 s); elsewhere Beam's Shared handle calls this once per process.
+    """
+    with _loading:
+        key = (ref, num_threads)
+        if key not in _loaded:
+            _loaded[key] = _load(ref, num_threads)
+        return _loaded[key]
+
+
+def _load(ref: ModelRef, num_threads: int | None) -> Classifier:
     try:
         if ref.kind == "tflite":
             with fsspec.open(ref.spec, "rb") as f:
