@@ -1,0 +1,764 @@
+"""Throughput benchmark of the labelling job (issue 3, part 1): model, decode, end to end, and a naive baseline.
+
+Run from the repository root with the project's venv active (see benchmarks/README.md)::
+
+    python benchmarks/throughput.py                      # N=1000 images, 3 interleaved repeats
+    python benchmarks/throughput.py --n 100 --repeats 1  # a quick check
+    python benchmarks/throughput.py --json bench.json    # all figures, for comparison across commits
+    python benchmarks/throughput.py --memory-check       # peak RSS of the job on 1,000 and 10,000 images
+
+Each repeat measures, in this order:
+
+(a) model: `beam_pipeline.models.load(...).predict` on pre-decoded uint8 [B,224,224,3] batches, B = the job's default
+    --max-batch-size, in this process;
+(b) decode: `beam_pipeline.preprocess.decode_image` over the corpus bytes (read from disk before the clock starts),
+    on a pool of os.cpu_count() threads (Pillow releases the GIL), in this process;
+(c) end to end: `python -m beam_pipeline` with only --input/--output/--model/--labels, as a subprocess:
+    images/s = N / wall time of the whole command (interpreter start, imports and model load included), and also the
+    images/s the job prints itself (its pipeline run only);
+(d) naive: the pipeline as Beam's documentation writes one (see `naive_baseline`), run by this script in its
+    internal `--naive-baseline` mode as a subprocess, images/s = N / wall time of the whole command.
+
+The limit is 1 / (1/model + 1/decode): the best the two stages can do sharing the same cores. It prints figures as
+median [min-max] over the repeats, the ratios end-to-end / limit and end-to-end / naive (each taken within one
+repeat, then summarised the same way), and the peak RSS of every pipeline subprocess. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CORPUS_VERSION = "v1"  # bump when the corpus recipe changes: cached corpora are keyed by it
+SIZE_MIX: tuple[tuple[float, tuple[int, int]], ...] = (
+    (0.4, (500, 375)),
+    (0.3, (1024, 768)),
+    (0.2, (1920, 1080)),
+    (0.1, (4000, 3000)),
+)
+JPEG_QUALITY = 90
+# Upscaled photos are smoother than camera photos (smaller files, cheaper entropy decoding). Gaussian noise of this
+# standard deviation (in 8-bit levels) brings a 4000x3000 JPEG at quality 90 to about 2 MB, a camera-like size.
+SENSOR_NOISE_SIGMA = 4.0
+SEED = 20240603
+MEMORY_CHECK_SIZES = (1000, 10000)
+MEMORY_FLAT_WITHIN = 0.15  # the issue's targets, reported, not asserted
+MEMORY_LIMIT_MIB = 1536.0  # 1.5 GiB
+SUMMARY_RE = re.compile(r"time: ([\d.]+) s\s+\(([\d.]+) images/s\)")
+COUNTS_RE = re.compile(r"images read: (\d+)\s+labelled: (\d+)\s+failed: (\d+)")
+
+# Runs a command and reports its wall time and the peak RSS of its process tree (the largest single process, as
+# RUSAGE_CHILDREN counts it: every descendant that was waited for) to a JSON file. A fresh wrapper per run gives each
+# run its own measurement; this script's own RUSAGE_CHILDREN would keep the maximum over all earlier runs.
+_MEASURE_WRAPPER = (
+    "import json, resource, subprocess, sys, time\n"
+    "start = time.monotonic()\n"
+    "code = subprocess.run(sys.argv[2:]).returncode\n"
+    "wall = time.monotonic() - start\n"
+    "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "json.dump({'returncode': code, 'wall_s': wall, 'maxrss_kib': rss}, open(sys.argv[1], 'w'))\n"
+    "sys.exit(code)\n"
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Corpus
+
+
+def shared_dir() -> Path:
+    """The shared read-only data folder: $LABELLER_SHARED_DIR, else ../shared beside the repository."""
+    return Path(os.environ.get("LABELLER_SHARED_DIR", REPO_ROOT.parent / "shared"))
+
+
+def cache_root() -> Path:
+    """Where corpora are cached between runs: $XDG_CACHE_HOME (default ~/.cache)/beam-image-labeller."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "beam-image-labeller"
+
+
+def source_photos() -> list[tuple[str, Any]]:
+    """Real photos to build the corpus from, as (name, RGB PIL image).
+
+    The photos in ../shared/images when present; otherwise scikit-image's bundled sample photos and matplotlib's
+    grace_hopper.jpg.
+    """
+    from PIL import Image
+
+    images = shared_dir() / "images"
+    paths = sorted(
+        p
+        for folder in (images / "photos", images / "imagenet-sample-100")
+        if folder.is_dir()
+        for p in folder.iterdir()
+        if p.suffix.lower() in {".jpg", ".jpeg", ".bmp", ".png"}
+    )
+    if paths:
+        return [(p.name, Image.open(p).convert("RGB")) for p in paths]
+    photos = []
+    try:
+        import skimage.data
+
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry"):
+            try:
+                photos.append((name, Image.fromarray(getattr(skimage.data, name)()).convert("RGB")))
+            except Exception:  # noqa: BLE001 - a sample that needs a download is skipped
+                continue
+    except ImportError:
+        pass
+    try:
+        import matplotlib.cbook
+
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+            photos.append(("grace_hopper.jpg", Image.open(f).convert("RGB")))
+    except Exception:  # noqa: BLE001 - matplotlib is optional
+        pass
+    if not photos:
+        raise SystemExit(f"no source photos: {images} is missing and neither scikit-image nor matplotlib is installed")
+    return photos
+
+
+def size_plan(n: int) -> list[tuple[int, int]]:
+    """The (width, height) of each of the n images: SIZE_MIX's shares (largest remainders), in a seeded order."""
+    exact = [share * n for share, _ in SIZE_MIX]
+    counts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(SIZE_MIX)), key=lambda i: exact[i] - counts[i], reverse=True)
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    plan = [size for (_, size), count in zip(SIZE_MIX, counts) for _ in range(count)]
+    random.Random(SEED).shuffle(plan)
+    return plan
+
+
+def _make_image(source: Any, size: tuple[int, int], seed: int) -> bytes:
+    """A random crop of `source` at the target aspect ratio, resized to `size`, with sensor-like noise, as JPEG."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    src_w, src_h = source.size
+    aspect = width / height
+    crop_w, crop_h = (src_w, src_w / aspect) if src_w / src_h < aspect else (src_h * aspect, src_h)
+    scale = rng.uniform(0.8, 1.0)
+    crop_w, crop_h = crop_w * scale, crop_h * scale
+    left, top = rng.uniform(0, src_w - crop_w), rng.uniform(0, src_h - crop_h)
+    im = source.resize(size, Image.Resampling.BICUBIC, box=(left, top, left + crop_w, top + crop_h))
+    pixels = np.asarray(im, dtype=np.float32)
+    pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * SENSOR_NOISE_SIGMA
+    out = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+def _corpus_is_complete(folder: Path, key: dict[str, Any]) -> bool:
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("key") == key
+    except ValueError:
+        return False
+
+
+def build_corpus(n: int, root: Path | None = None) -> Path:
+    """The folder of the n-image corpus, built on first use and cached (keyed by n and CORPUS_VERSION)."""
+    root = root or cache_root()
+    key = {"version": CORPUS_VERSION, "n": n, "mix": SIZE_MIX, "quality": JPEG_QUALITY, "noise": SENSOR_NOISE_SIGMA}
+    key = json.loads(json.dumps(key))  # tuples as lists, as they read back
+    folder = root / f"bench-corpus-{n}-{CORPUS_VERSION}"
+    if _corpus_is_complete(folder, key):
+        return folder
+    print(f"building the corpus of {n} JPEGs in {folder} (once; later runs reuse it) ...", flush=True)
+    started = time.monotonic()
+    photos = source_photos()
+    plan = size_plan(n)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=_mkdirs(root)))
+
+    def make(i: int) -> dict[str, Any]:
+        name, source = photos[i % len(photos)]
+        data = _make_image(source, plan[i], SEED + i)
+        path = partial / f"img-{i:06d}.jpg"
+        path.write_bytes(data)
+        return {"file": path.name, "source": name, "width": plan[i][0], "height": plan[i][1], "bytes": len(data)}
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        files = list(pool.map(make, range(n)))
+    (partial / "manifest.json").write_text(json.dumps({"key": key, "files": files}, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    print(f"  built in {time.monotonic() - started:.0f} s", flush=True)
+    return folder
+
+
+def duplicate_corpus(n: int, base: Path, root: Path | None = None) -> Path:
+    """An n-file corpus whose files are hard links to (or copies of) the base corpus's images, cycled."""
+    root = root or cache_root()
+    base_files = corpus_files(base)
+    key = {"version": CORPUS_VERSION, "n": n, "duplicates_of": base.name}
+    folder = root / f"bench-corpus-{n}-{CORPUS_VERSION}-dup-of-{len(base_files)}"
+    if _corpus_is_complete(folder, key):
+        return folder
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=_mkdirs(root)))
+    for i in range(n):
+        target = partial / f"img-{i:06d}.jpg"
+        source = base_files[i % len(base_files)]
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+    (partial / "manifest.json").write_text(json.dumps({"key": key}))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder
+
+
+def corpus_files(folder: Path) -> list[Path]:
+    """The corpus's images, in name order."""
+    return sorted(folder.glob("*.jpg"))
+
+
+def describe_corpus(folder: Path) -> dict[str, Any]:
+    """Count and mean file size per image size, read from the files themselves."""
+    from PIL import Image
+
+    sizes: dict[str, list[int]] = {}
+    for path in corpus_files(folder):
+        with Image.open(path) as im:
+            sizes.setdefault(f"{im.width}x{im.height}", []).append(path.stat().st_size)
+    return {k: {"count": len(v), "mean_kb": round(sum(v) / len(v) / 1000)} for k, v in sorted(sizes.items())}
+
+
+def _mkdirs(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# In-process measurements
+
+
+@dataclasses.dataclass(frozen=True)
+class JobDefaults:
+    """The job's defaults, read from its own argument parser so they follow the code."""
+
+    resize: str
+    max_image_pixels: int
+    max_batch_size: int
+    min_batch_size: int
+
+
+def job_defaults() -> JobDefaults:
+    """Parses an empty job command line to read the job's defaults."""
+    from beam_pipeline.cli import build_parser
+
+    flags, _ = build_parser().parse_known_args([])
+    return JobDefaults(flags.resize, flags.max_image_pixels, flags.max_batch_size, flags.min_batch_size)
+
+
+class ModelBench:
+    """(a) The model alone: the job's classifier on pre-decoded uint8 batches of the job's max batch size."""
+
+    def __init__(self, model: str, files: Sequence[Path], defaults: JobDefaults):
+        from beam_pipeline import models
+        from beam_pipeline.preprocess import decode_image
+
+        self.classifier = models.load(models.resolve(model))
+        self.batch_size = defaults.max_batch_size
+        width, height = self.classifier.input_size
+        images = [
+            decode_image(
+                path.read_bytes(),
+                size=(width, height),
+                resize=defaults.resize,  # type: ignore[arg-type]
+                max_pixels=defaults.max_image_pixels,
+            )[0]
+            for path in files[: self.batch_size]
+        ]
+        while len(images) < self.batch_size:  # a corpus smaller than one batch
+            images.extend(images[: self.batch_size - len(images)])
+        self.batch = np.stack(images)
+        self.classifier.predict(self.batch)  # warm-up: the first call at this batch size allocates
+
+    def run(self, n: int) -> dict[str, float]:
+        """Predicts ceil(n / B) full batches; returns images/s."""
+        batches = math.ceil(n / self.batch_size)
+        started = time.perf_counter()
+        for _ in range(batches):
+            self.classifier.predict(self.batch)
+        seconds = time.perf_counter() - started
+        return {"images_per_s": batches * self.batch_size / seconds, "seconds": seconds, "batch_size": self.batch_size}
+
+
+def measure_decode(files: Sequence[Path], size: tuple[int, int], defaults: JobDefaults) -> dict[str, float]:
+    """(b) The decode step alone: decode_image over the corpus's bytes on os.cpu_count() threads; returns images/s."""
+    from beam_pipeline.preprocess import decode_image
+
+    blobs = [path.read_bytes() for path in files]  # read before the clock starts: this times the decode only
+    threads = os.cpu_count() or 1
+
+    def decode(data: bytes) -> None:
+        decode_image(data, size=size, resize=defaults.resize, max_pixels=defaults.max_image_pixels)  # type: ignore[arg-type]
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        started = time.perf_counter()
+        for _ in pool.map(decode, blobs):
+            pass
+        seconds = time.perf_counter() - started
+    return {"images_per_s": len(blobs) / seconds, "seconds": seconds, "threads": threads}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Subprocess measurements
+
+
+@dataclasses.dataclass
+class Measured:
+    """One subprocess run: exit code, wall time of the whole command, peak RSS, and what it printed."""
+
+    returncode: int
+    wall_s: float
+    maxrss_mib: float
+    stdout: str
+    stderr: str
+
+
+def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> Measured:
+    """Runs `command` under a fresh wrapper process that reports its wall time and its peak RSS."""
+    with tempfile.TemporaryDirectory(prefix="bench-measure-") as tmp:
+        report = Path(tmp) / "report.json"
+        done = subprocess.run(
+            [sys.executable, "-c", _MEASURE_WRAPPER, str(report), *command],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
+            check=False,
+        )
+        figures = json.loads(report.read_text()) if report.exists() else {"wall_s": math.nan, "maxrss_kib": 0}
+    return Measured(done.returncode, figures["wall_s"], figures["maxrss_kib"] / 1024, done.stdout, done.stderr)
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _check_ran(what: str, run: Measured) -> None:
+    if run.returncode != 0:
+        tail = "\n".join((run.stdout + run.stderr).strip().splitlines()[-30:])
+        raise SystemExit(f"{what} failed with exit code {run.returncode}:\n{tail}")
+
+
+def measure_end_to_end(corpus: Path, n: int, model: str, labels: str, job_args: Sequence[str]) -> dict[str, Any]:
+    """(c) `python -m beam_pipeline` with its defaults: N / wall time of the whole command, and what it prints.
+
+    `corpus` may be a folder or a single image (the start-up measurement).
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as out:
+        command = [sys.executable, "-m", "beam_pipeline", "--input", str(corpus), "--output", f"{out}/labels"]
+        command += ["--model", model, "--labels", labels, *job_args]
+        run = run_measured(command, _subprocess_env())
+    _check_ran("the job", run)
+    printed = SUMMARY_RE.search(run.stdout)
+    counts = COUNTS_RE.search(run.stdout)
+    labelled = int(counts[2]) if counts else None
+    if labelled != n:
+        print(f"  warning: the job labelled {labelled} of {n} images:\n{run.stdout}", file=sys.stderr)
+    return {
+        "images_per_s": n / run.wall_s,
+        "wall_s": run.wall_s,
+        "job_printed_images_per_s": float(printed[2]) if printed else None,
+        "job_printed_seconds": float(printed[1]) if printed else None,
+        "images_labelled": labelled,
+        "peak_rss_mib": run.maxrss_mib,
+    }
+
+
+def measure_naive(corpus: Path, n: int, model: str) -> dict[str, Any]:
+    """(d) The naive baseline (this script's --naive-baseline mode): N / wall time of the whole command."""
+    with tempfile.TemporaryDirectory(prefix="bench-naive-") as out:
+        command = [sys.executable, str(Path(__file__).resolve()), "--naive-baseline"]
+        command += ["--input-dir", str(corpus), "--output", f"{out}/naive", "--model", model]
+        run = run_measured(command, _subprocess_env())
+    _check_ran("the naive baseline", run)
+    printed = re.search(r"naive: (\d+) images in ([\d.]+) s", run.stdout)
+    runner = re.search(r"naive runner: (.*)", run.stdout)
+    return {
+        "images_per_s": n / run.wall_s,
+        "wall_s": run.wall_s,
+        "pipeline_seconds": float(printed[2]) if printed else None,
+        "rows_written": int(printed[1]) if printed else None,
+        "runner": runner[1].strip() if runner else None,
+        "peak_rss_mib": run.maxrss_mib,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The naive baseline: the pipeline as Beam's RunInference documentation writes one
+
+
+def naive_baseline(input_dir: str, output: str, model: str) -> None:
+    """`beam.Create(paths) | Map(decode) | RunInference(TF handler) | Map(row) | WriteToParquet`, Beam's defaults.
+
+    Full Pillow decode (no JPEG draft mode), .convert('RGB').resize((224, 224)), float32 / 255; Beam's stock
+    `TFModelHandlerNumpy` with its default batching, whose `load_model` (tf.keras.models.load_model) cannot load this
+    TF Hub SavedModel under Keras 3, so a subclass overrides only `load_model` with tf.saved_model.load; its stock
+    `run_inference` calls model(batch), which this SavedModel's __call__ accepts. No --runner: Beam's default
+    DirectRunner, which first tries to download the Prism runner and, offline, falls back.
+    """
+    import logging
+
+    import apache_beam as beam
+    import pyarrow as pa
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+    from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
+    from PIL import Image
+
+    class SavedModelHandlerNumpy(TFModelHandlerNumpy):
+        """Beam's TFModelHandlerNumpy, loading with tf.saved_model.load instead of tf.keras.models.load_model."""
+
+        def load_model(self):
+            import tensorflow as tf
+
+            return tf.saved_model.load(self._model_uri)
+
+    def read_and_preprocess(path: str) -> tuple[str, np.ndarray]:
+        with FileSystems.open(path) as f:
+            image = Image.open(f).convert("RGB").resize((224, 224))
+        return path, np.asarray(image, dtype=np.float32) / 255.0
+
+    def to_row(path: str, result) -> dict[str, Any]:
+        logits = np.asarray(result.inference)
+        return {"path": path, "class_id": int(np.argmax(logits)), "score": float(np.max(logits))}
+
+    # Report which runner ran: the DirectRunner logs its Prism attempt and fallback at INFO.
+    direct_log = logging.getLogger("apache_beam.runners.direct.direct_runner")
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    direct_log.addHandler(Keep())
+    direct_log.setLevel(logging.INFO)
+
+    paths = sorted(str(p) for p in Path(input_dir).glob("*.jpg"))
+    schema = pa.schema([("path", pa.string()), ("class_id", pa.int64()), ("score", pa.float32())])
+    started = time.monotonic()
+    with beam.Pipeline() as p:
+        (
+            p
+            | "Paths" >> beam.Create(paths)
+            | "Preprocess" >> beam.Map(read_and_preprocess)
+            | "RunInference" >> RunInference(KeyedModelHandler(SavedModelHandlerNumpy(model)))
+            | "ToRow" >> beam.MapTuple(to_row)
+            | "Write" >> beam.io.WriteToParquet(output, schema, file_name_suffix=".parquet")
+        )
+    seconds = time.monotonic() - started
+    fell_back = any("Falling back" in m for m in messages)
+    runner = "DirectRunner (Prism download failed, fell back)" if fell_back else "DirectRunner"
+    print(f"naive runner: {runner}")
+    print(f"naive: {len(paths)} images in {seconds:.1f} s")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reporting
+
+
+def spread(values: Iterable[float | None]) -> dict[str, float] | None:
+    """Median, min and max of the values that are present."""
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    if not present:
+        return None
+    return {"median": statistics.median(present), "min": min(present), "max": max(present)}
+
+
+def fmt(stats: dict[str, float] | None, digits: int = 1, unit: str = "") -> str:
+    """'median [min-max]unit'."""
+    if stats is None:
+        return "n/a"
+    f = f"{{:.{digits}f}}"
+    return f"{f.format(stats['median'])} [{f.format(stats['min'])}-{f.format(stats['max'])}]{unit}"
+
+
+def limit(model_ips: float, decode_ips: float) -> float:
+    """The best the model and the decode can do sharing the same cores: 1 / (1/model + 1/decode)."""
+    return 1.0 / (1.0 / model_ips + 1.0 / decode_ips)
+
+
+def environment() -> dict[str, Any]:
+    """What the figures depend on: commit, versions, cores, thread settings."""
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    import apache_beam
+    import PIL
+    import tensorflow as tf
+
+    return {
+        "commit": (git("rev-parse", "HEAD") or "").strip() or None,
+        "dirty": bool((git("status", "--porcelain", "--untracked-files=no") or "").strip()),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "apache_beam": apache_beam.__version__,
+        "tensorflow": tf.__version__,
+        "pillow": PIL.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "env": {k: v for k, v in os.environ.items() if k.startswith(("TF_NUM_", "OMP_", "MKL_"))},
+    }
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Builds (or reuses) the corpus and runs the interleaved, repeated measurements; prints and returns figures."""
+    stages = set(args.stages)
+    corpus = build_corpus(args.n)
+    files = corpus_files(corpus)
+    defaults = job_defaults()
+    env = environment()
+    sizes = describe_corpus(corpus)
+    print(f"corpus: {corpus} ({len(files)} JPEGs, quality {JPEG_QUALITY})")
+    for size, info in sizes.items():
+        print(f"  {size:>9}: {info['count']:5d} images, mean {info['mean_kb']} kB")
+    print(
+        f"commit {env['commit']}{' (dirty)' if env['dirty'] else ''}, {env['cpu_count']} cores, "
+        f"beam {env['apache_beam']}, tensorflow {env['tensorflow']}, load average {env['load_average_at_start']}"
+    )
+    if args.job_arg:
+        print(f"extra job arguments: {' '.join(args.job_arg)}")
+
+    model_bench = ModelBench(args.model, files, defaults) if "model" in stages else None
+    size = model_bench.classifier.input_size if model_bench else (224, 224)
+    repeats: list[dict[str, Any]] = []
+    for r in range(args.repeats):
+        figures: dict[str, Any] = {}
+        if model_bench:
+            figures["model"] = model_bench.run(args.n)
+            print(f"[{r + 1}/{args.repeats}] model      {figures['model']['images_per_s']:8.1f} images/s", flush=True)
+        if "decode" in stages:
+            figures["decode"] = measure_decode(files, size, defaults)
+            print(f"[{r + 1}/{args.repeats}] decode     {figures['decode']['images_per_s']:8.1f} images/s", flush=True)
+        if "e2e" in stages:
+            e2e = figures["end_to_end"] = measure_end_to_end(corpus, args.n, args.model, args.labels, args.job_arg)
+            # The fixed cost of a run (interpreter, TensorFlow and Beam imports, launch checks, model load, runner
+            # start-up) is the wall time of the same command on one image; what is left is the marginal rate.
+            startup = figures["startup"] = measure_end_to_end(files[0], 1, args.model, args.labels, args.job_arg)
+            e2e["marginal_images_per_s"] = (args.n - 1) / (e2e["wall_s"] - startup["wall_s"])
+            print(
+                f"[{r + 1}/{args.repeats}] end to end {e2e['images_per_s']:8.1f} images/s "
+                f"(job prints {e2e['job_printed_images_per_s']}; start-up {startup['wall_s']:.1f} s, "
+                f"marginal {e2e['marginal_images_per_s']:.1f} images/s), peak RSS {e2e['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
+        if "naive" in stages:
+            naive = figures["naive"] = measure_naive(corpus, args.n, args.model)
+            print(
+                f"[{r + 1}/{args.repeats}] naive      {naive['images_per_s']:8.1f} images/s, "
+                f"peak RSS {naive['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
+        if "model" in figures and "decode" in figures:
+            figures["limit_images_per_s"] = limit(figures["model"]["images_per_s"], figures["decode"]["images_per_s"])
+            if "end_to_end" in figures:
+                figures["end_to_end_over_limit"] = figures["end_to_end"]["images_per_s"] / figures["limit_images_per_s"]
+                figures["marginal_over_limit"] = (
+                    figures["end_to_end"]["marginal_images_per_s"] / figures["limit_images_per_s"]
+                )
+        if "end_to_end" in figures and "naive" in figures:
+            figures["end_to_end_over_naive"] = figures["end_to_end"]["images_per_s"] / figures["naive"]["images_per_s"]
+        repeats.append(figures)
+
+    def over(path: Callable[[dict[str, Any]], Any]) -> dict[str, float] | None:
+        values = []
+        for figures in repeats:
+            try:
+                values.append(path(figures))
+            except KeyError:
+                continue
+        return spread(values)
+
+    summary = {
+        "model_images_per_s": over(lambda f: f["model"]["images_per_s"]),
+        "decode_images_per_s": over(lambda f: f["decode"]["images_per_s"]),
+        "limit_images_per_s": over(lambda f: f["limit_images_per_s"]),
+        "end_to_end_images_per_s": over(lambda f: f["end_to_end"]["images_per_s"]),
+        "end_to_end_job_printed_images_per_s": over(lambda f: f["end_to_end"]["job_printed_images_per_s"]),
+        "startup_seconds": over(lambda f: f["startup"]["wall_s"]),
+        "end_to_end_marginal_images_per_s": over(lambda f: f["end_to_end"]["marginal_images_per_s"]),
+        "marginal_over_limit": over(lambda f: f["marginal_over_limit"]),
+        "naive_images_per_s": over(lambda f: f["naive"]["images_per_s"]),
+        "end_to_end_over_limit": over(lambda f: f["end_to_end_over_limit"]),
+        "end_to_end_over_naive": over(lambda f: f["end_to_end_over_naive"]),
+        "end_to_end_peak_rss_mib": over(lambda f: f["end_to_end"]["peak_rss_mib"]),
+        "naive_peak_rss_mib": over(lambda f: f["naive"]["peak_rss_mib"]),
+    }
+    naive_runner = next((f["naive"]["runner"] for f in repeats if "naive" in f), None)
+    batch = model_bench.batch_size if model_bench else defaults.max_batch_size
+    threads = os.cpu_count()
+    print()
+    print(f"N = {args.n} images, {args.repeats} repeat(s), interleaved; median [min-max] over repeats")
+    rows = [
+        (f"(a) model alone, batch {batch}, pre-decoded", summary["model_images_per_s"], " images/s"),
+        (f"(b) decode alone, {threads} threads", summary["decode_images_per_s"], " images/s"),
+        ("    limit 1/(1/a + 1/b)", summary["limit_images_per_s"], " images/s"),
+        ("(c) end to end, N / wall time of the command", summary["end_to_end_images_per_s"], " images/s"),
+        ("    end to end, as the job prints it", summary["end_to_end_job_printed_images_per_s"], " images/s"),
+        ("    start-up: wall time of a 1-image run", summary["startup_seconds"], " s"),
+        ("    end to end, marginal (N-1)/(wall - start-up)", summary["end_to_end_marginal_images_per_s"], " images/s"),
+        ("(d) naive baseline, N / wall time", summary["naive_images_per_s"], " images/s"),
+        ("end to end / limit (wall)", summary["end_to_end_over_limit"], ""),
+        ("end to end / limit (marginal)", summary["marginal_over_limit"], ""),
+        ("end to end / naive", summary["end_to_end_over_naive"], ""),
+        ("peak RSS, end to end", summary["end_to_end_peak_rss_mib"], " MiB"),
+        ("peak RSS, naive", summary["naive_peak_rss_mib"], " MiB"),
+    ]
+    for label, stats, unit in rows:
+        if stats is not None:
+            print(f"  {label:<46} {fmt(stats, 2 if not unit else 1, unit)}")
+    if naive_runner:
+        print(f"  naive baseline ran on: {naive_runner}")
+    print("  (wall times include interpreter start, imports and model load; the job's own figure covers its run only)")
+    return {
+        "benchmark": "throughput",
+        "n": args.n,
+        "repeats": args.repeats,
+        "stages": sorted(stages),
+        "model": args.model,
+        "labels": args.labels,
+        "job_args": args.job_arg,
+        "corpus": {"path": str(corpus), "version": CORPUS_VERSION, "sizes": sizes},
+        "environment": env,
+        "summary": summary,
+        "per_repeat": repeats,
+    }
+
+
+def run_memory_check(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs the job end to end on 1,000 and 10,000 images and prints the two peak RSS values and their ratio."""
+    small_n, large_n = MEMORY_CHECK_SIZES
+    small = build_corpus(small_n)
+    corpora = {small_n: small, large_n: duplicate_corpus(large_n, small)}
+    results = {}
+    for n, corpus in corpora.items():
+        print(f"end to end on {n} images ({corpus}) ...", flush=True)
+        results[n] = measure_end_to_end(corpus, n, args.model, args.labels, args.job_arg)
+        print(
+            f"  peak RSS {results[n]['peak_rss_mib']:.0f} MiB, {results[n]['images_per_s']:.1f} images/s "
+            f"(N / wall), job prints {results[n]['job_printed_images_per_s']} images/s",
+            flush=True,
+        )
+    ratio = results[large_n]["peak_rss_mib"] / results[small_n]["peak_rss_mib"]
+    peak = max(r["peak_rss_mib"] for r in results.values())
+    flat = abs(ratio - 1) <= MEMORY_FLAT_WITHIN
+    under = peak < MEMORY_LIMIT_MIB
+    print()
+    print(f"peak RSS, N={small_n}: {results[small_n]['peak_rss_mib']:.0f} MiB")
+    print(f"peak RSS, N={large_n}: {results[large_n]['peak_rss_mib']:.0f} MiB")
+    print(f"ratio {large_n}/{small_n}: {ratio:.3f}")
+    print(
+        f"issue's targets: flat within {MEMORY_FLAT_WITHIN:.0%}: {'yes' if flat else 'NO'}; "
+        f"under {MEMORY_LIMIT_MIB / 1024:.1f} GiB: {'yes' if under else 'NO'}"
+    )
+    print("(peak RSS = largest single process of the job's tree, from getrusage(RUSAGE_CHILDREN).ru_maxrss)")
+    return {
+        "benchmark": "memory-check",
+        "model": args.model,
+        "job_args": args.job_arg,
+        "environment": environment(),
+        "runs": {str(n): r for n, r in results.items()},
+        "peak_rss_ratio": ratio,
+        "flat_within_15_percent": flat,
+        "under_1_5_gib": under,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags."""
+    shared = shared_dir()
+    parser = argparse.ArgumentParser(
+        description="Throughput of the labelling job against its model and decode limits and a naive baseline.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--n", type=int, default=1000, help="images in the corpus (--memory-check uses 1000 and 10000)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every measurement")
+    parser.add_argument(
+        "--model", default=str(shared / "models" / "mobilenet_v3_small_100_224_float"), help="the job's --model"
+    )
+    parser.add_argument("--labels", default=str(shared / "labels" / "ImageNetLabels.txt"), help="the job's --labels")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
+    parser.add_argument(
+        "--memory-check", action="store_true", help="instead: peak RSS of the job on 1,000 and 10,000 images"
+    )
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=("model", "decode", "e2e", "naive"),
+        default=["model", "decode", "e2e", "naive"],
+        help="which measurements to run",
+    )
+    parser.add_argument(
+        "--job-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for the job's command line, repeatable, e.g. --job-arg=--direct_num_workers=1 "
+        "(the default run passes none)",
+    )
+    # Internal: the naive baseline pipeline, run by this script as a subprocess.
+    parser.add_argument("--naive-baseline", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--input-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark (or the memory check, or the internal naive baseline); returns the exit code."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if str(REPO_ROOT) not in sys.path:  # beam_pipeline from this checkout, installed or not
+        sys.path.insert(0, str(REPO_ROOT))
+    args = build_parser().parse_args(argv)
+    if args.naive_baseline:
+        naive_baseline(args.input_dir, args.output, args.model)
+        return 0
+    if args.n < 1 or args.repeats < 1:
+        raise SystemExit("--n and --repeats must be at least 1")
+    results = run_memory_check(args) if args.memory_check else run_benchmark(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
