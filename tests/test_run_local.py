@@ -20,3 +20,6 @@ def test_run_local_labels_the_sample_photos(float_model, labels_file):
     assert labels["chelsea.jpg"] in {"Egyptian cat", "tabby", "tiger cat"}
     assert labels["grace_hopper.jpg"] == "military uniform"
     assert "chelsea.jpg  ->  " in result.stdout
+    report = REPO / "output" / "report.html"
+    assert "Review report: output/report.html" in result.stdout
+    assert report.read_text().count("data:image/jpeg;base64,") >= 5

@@ -1,0 +1,141 @@
+"""Where models and labels come from: TF Hub handles, remote SavedModels, label URLs; and bad models fail at launch."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import fsspec
+from conftest import read_output, run_job
+
+from beam_pipeline import labels as labels_module
+
+TFHUB_HANDLE = "https://tfhub.dev/google/imagenet/mobilenet_v3_small_100_224/classification/5"
+
+
+def test_tfhub_handle_from_a_prepopulated_cache(tmp_path, float_model, labels_file, shared):
+    """tensorflow_hub resolves a handle to $TFHUB_CACHE_DIR/sha1(handle) without the network when it is there."""
+    cache = tmp_path / "tfhub"
+    shutil.copytree(float_model, cache / hashlib.sha1(TFHUB_HANDLE.encode()).hexdigest())
+    prefix = tmp_path / "out" / "labels"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "beam_pipeline",
+            "--input",
+            shared / "images" / "photos",
+            "--output",
+            prefix,
+            "--model",
+            TFHUB_HANDLE,
+            "--labels",
+            labels_file,
+        ],
+        env={**os.environ, "TFHUB_CACHE_DIR": str(cache)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_output(prefix).to_pylist()
+    assert {r["model"] for r in rows} == {TFHUB_HANDLE}
+    assert {r["label"] for r in rows if r["uri"].endswith("hot_dog.jpg")} == {"hotdog"}
+
+
+def test_savedmodel_on_another_filesystem_is_copied_and_loaded(tmp_path, float_model, labels_file, shared):
+    """A SavedModel on any fsspec filesystem (here memory://, as gs:// would be) is fetched to local disk first."""
+    fs = fsspec.filesystem("memory")
+    for path in Path(float_model).rglob("*"):
+        if path.is_file():
+            fs.pipe(f"/models/mnv3/{path.relative_to(float_model)}", path.read_bytes())
+    prefix = tmp_path / "out" / "labels"
+    try:
+        assert (
+            run_job(
+                "--input",
+                shared / "images" / "photos",
+                "--output",
+                prefix,
+                "--model",
+                "memory://models/mnv3",
+                "--labels",
+                labels_file,
+            )
+            == 0
+        )
+    finally:
+        fs.rm("/models", recursive=True)
+    labels = {Path(r["uri"]).name: r["label"] for r in read_output(prefix).to_pylist()}
+    assert labels["hot_dog.jpg"] == "hotdog"
+
+
+def test_a_folder_without_a_model_fails_at_launch(tmp_path, labels_file, capsys):
+    (tmp_path / "not_a_model").mkdir()
+    (tmp_path / "not_a_model" / "weights.pkl").write_bytes(b"\x80\x04pickles are never loaded")
+    assert (
+        run_job(
+            "--input",
+            tmp_path,
+            "--output",
+            tmp_path / "o",
+            "--model",
+            tmp_path / "not_a_model",
+            "--labels",
+            labels_file,
+        )
+        == 2
+    )
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "--model" in message and "saved_model.pb" in message
+
+
+def test_label_file_url_is_fetched_once_and_cached(tmp_path, labels_file, monkeypatch):
+    served = Path(labels_file).parent
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(labels_module, "CACHE_DIR", str(tmp_path / "cache"))
+    url = f"http://127.0.0.1:{server.server_address[1]}/ImageNetLabels.txt"
+    try:
+        first = labels_module.read_labels(url)
+    finally:
+        server.shutdown()
+    second = labels_module.read_labels(url)  # the server is gone: this comes from the cache
+    assert first == second and len(first) == 1001 and first[:2] == ["background", "tench"]
+    assert len([r for r in requests if "ImageNetLabels" in r]) >= 1
+
+
+def test_tflite_batches_match_single_images(tflite_model, shared):
+    """The 8-bit model's batch is fixed at 1 in the file; the classifier loops, with the same scores per image."""
+    import numpy as np
+
+    from beam_pipeline import models
+    from beam_pipeline.preprocess import decode_image
+
+    classifier = models.load(models.resolve(tflite_model))
+    photos = sorted((shared / "images" / "photos").glob("*.bmp"))
+    images = np.stack(
+        [decode_image(p.read_bytes(), size=(224, 224), resize="center-crop", max_pixels=10**8)[0] for p in photos]
+    )
+    batch = classifier.predict(images)
+    singles = np.concatenate([classifier.predict(image[None]) for image in images])
+    assert batch.shape == (len(photos), 1001)
+    np.testing.assert_allclose(batch, singles)
+    # Dequantised softmax: multiples of 1/256 in [0, 1); rounding drops the many tiny classes, so rows sum to <= 1.
+    assert np.all(batch >= 0) and np.all(batch.sum(axis=1) <= 1.0 + 1e-6) and np.all(batch.max(axis=1) > 0.2)
+    np.testing.assert_array_equal(batch * 256, np.round(batch * 256))
