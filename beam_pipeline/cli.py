@@ -38,20 +38,17 @@ def local_defaults(beam_args: list[str]) -> list[str]:
 
     Threads (not processes) share one model per process and decode in parallel, since Pillow releases the GIL.
     """
-    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
-
     from beam_pipeline.models import default_num_threads
 
-    options = PipelineOptions(beam_args)
-    extra = []
-    if options.view_as(StandardOptions).runner is None:
-        extra.append(f"--runner={LOCAL_RUNNER}")
-        direct = options.view_as(DirectOptions)
-        if "--direct_running_mode" not in " ".join(beam_args):
-            extra.append("--direct_running_mode=multi_threading")
-        if "--direct_num_workers" not in " ".join(beam_args) or direct.direct_num_workers is None:
-            extra.append(f"--direct_num_workers={default_num_threads()}")
-    return beam_args + extra
+    given = {arg[2:].split("=")[0] for arg in beam_args if arg.startswith("--")}
+    if "runner" in given:
+        return beam_args
+    defaults = {
+        "runner": LOCAL_RUNNER,
+        "direct_running_mode": "multi_threading",
+        "direct_num_workers": default_num_threads(),
+    }
+    return beam_args + [f"--{name}={value}" for name, value in defaults.items() if name not in given]
 
 
 def main(argv: list[str] | None = None) -> int:

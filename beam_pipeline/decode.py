@@ -8,6 +8,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from PIL import Image
 
+from beam_pipeline import errors
 from beam_pipeline.preprocess import ResizeMode, decode_image
 from beam_pipeline.reading import read_image_bytes
 from beam_pipeline.records import METRICS_NAMESPACE, error_row
@@ -65,7 +66,8 @@ class DecodeImage(beam.DoFn):
                 data, size=self._size, resize=self._resize, max_pixels=self._max_pixels
             )
         except Exception as exc:  # noqa: BLE001 - every failure of one input becomes its error row
-            failed = error_row(row, exc, while_reading=stage_is_read, model_id=self._model_id)
+            error_type = errors.error_type_of(exc, while_reading=stage_is_read)
+            failed = error_row(row, exc, error_type=error_type, model_id=self._model_id)
             self._failed.inc()
             Metrics.counter(METRICS_NAMESPACE, f"failed_{failed['error_type']}").inc()
             yield beam.pvalue.TaggedOutput(FAILED_TAG, failed)

@@ -76,7 +76,4 @@ def _inference_error_rows(failed_batch, *, model_id: str):
     for row, _pixels in batch:
         Metrics.counter(METRICS_NAMESPACE, "images_failed").inc()
         Metrics.counter(METRICS_NAMESPACE, f"failed_{errors.INFERENCE_ERROR}").inc()
-        failed = error_row(
-            row, errors.ImageInputError(errors.INFERENCE_ERROR, str(exc)), while_reading=False, model_id=model_id
-        )
-        yield failed
+        yield error_row(row, exc, error_type=errors.INFERENCE_ERROR, model_id=model_id)

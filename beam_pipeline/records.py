@@ -32,12 +32,12 @@ def labelled_row(row: dict, prediction: PredictionResult) -> dict:
     }
 
 
-def error_row(row: dict, exc: BaseException, *, while_reading: bool, model_id: str) -> dict:
+def error_row(row: dict, exc: BaseException, *, error_type: str, model_id: str) -> dict:
     """The output row of an input that failed; carried columns pass through unchanged."""
     return {
         **row,
         "status": STATUS_ERROR,
-        "error_type": errors.error_type_of(exc, while_reading=while_reading),
+        "error_type": error_type,
         "error": errors.describe(exc),
         "label": None,
         "score": None,

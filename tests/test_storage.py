@@ -117,7 +117,7 @@ def test_max_error_fraction_writes_every_row_then_fails(tmp_path, shared, tiny_m
     assert run_job(*args, "--max-error-fraction", "0.5") == 1
     assert "75.0% of inputs failed" in capsys.readouterr().err
     assert read_output(prefix).num_rows == 4
-    assert run_job(*args, "--max-error-fraction", "0.8") == 0
+    assert run_job(*args, "--max-error-fraction", "0.8", "--overwrite") == 0
 
 
 def test_uri_scheme_check_is_unit_level():
