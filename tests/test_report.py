@@ -395,7 +395,7 @@ def test_e2e_chromium_offline(e2e: dict[str, Any], tmp_path: Path) -> None:
         tmp_path,
         f"--log-net-log={netlog}",
         f"--screenshot={shot}",
-        "--window-size=1280,2000",
+        "--window-size=1280,2700",
         "--hide-scrollbars",
         "--dump-dom",
     )
@@ -405,7 +405,7 @@ def test_e2e_chromium_offline(e2e: dict[str, Any], tmp_path: Path) -> None:
     assert all(src.startswith(THUMB_PREFIX) for src in dom_thumbs)
     assert 'id="totals"' in proc.stdout and 'id="failed"' in proc.stdout
     with Image.open(shot) as im:
-        assert im.size == (1280, 2000)
+        assert im.size == (1280, 2700)
         assert len(im.convert("L").getcolors(1 << 16) or []) > 50, "the screenshot is blank"
     keep = os.environ.get("LABELLER_REPORT_SCREENSHOT")
     if keep:
