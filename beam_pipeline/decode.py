@@ -9,6 +9,7 @@ from apache_beam.metrics import Metrics
 from PIL import Image
 
 from beam_pipeline import errors
+from beam_pipeline.inputs import MANIFEST_ERROR_KEY
 from beam_pipeline.preprocess import ResizeMode, decode_image
 from beam_pipeline.reading import read_image_bytes
 from beam_pipeline.records import METRICS_NAMESPACE, error_row
@@ -54,6 +55,9 @@ class DecodeImage(beam.DoFn):
         self._read.inc()
         stage_is_read = True
         try:
+            if MANIFEST_ERROR_KEY in row:
+                row = dict(row)
+                raise errors.ImageInputError(errors.BAD_MANIFEST_ROW, row.pop(MANIFEST_ERROR_KEY))
             data = read_image_bytes(
                 row["uri"],
                 max_bytes=self._max_bytes,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import PIL.Image
 
 # error_type values, documented in the README ("Error types").
+BAD_MANIFEST_ROW = "BadManifestRow"
 EMPTY_URI = "EmptyUri"
 UNSUPPORTED_SCHEME = "UnsupportedScheme"
 BLOCKED_HOST = "BlockedHost"

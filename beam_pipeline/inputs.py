@@ -27,6 +27,7 @@ from beam_pipeline.schema import RESERVED_NAMES
 MANIFEST_FORMATS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _GLOB_CHARS = frozenset("*?[")
+MANIFEST_ERROR_KEY = "_manifest_error"  # set on rows that could not be parsed; read (and dropped) by the decode step
 _SCHEMA_SAMPLE_LINES = 1000  # JSON Lines manifests: rows read at launch to infer the carried columns' types
 
 
@@ -115,7 +116,10 @@ def expand_input(spec: InputSpec, *, uri_column: str, carried: pa.Schema) -> Ite
     for path in _matching_files(spec):
         for row in _read_manifest(path, spec.manifest_format, uri_column, carried):
             uri = row.pop(uri_column, None)
-            yield {"uri": None if uri is None else str(uri), **{name: row.get(name) for name in carried.names}}
+            out = {"uri": None if uri is None else str(uri), **{name: row.get(name) for name in carried.names}}
+            if MANIFEST_ERROR_KEY in row:
+                out[MANIFEST_ERROR_KEY] = row[MANIFEST_ERROR_KEY]
+            yield out
 
 
 def _image_uris(spec: InputSpec) -> Iterator[str]:
@@ -152,7 +156,8 @@ def _manifest_schema(path: str, manifest_format: str) -> pa.Schema:
         if manifest_format == "parquet":
             return pq.read_schema(f)
         if manifest_format == "csv":
-            return pa_csv.open_csv(f).schema
+            skip_bad_rows = pa_csv.ParseOptions(invalid_row_handler=lambda row: "skip")  # they say nothing of types
+            return pa_csv.open_csv(f, parse_options=skip_bad_rows).schema
         sample = []
         for line in f:
             try:
@@ -172,7 +177,8 @@ def _read_manifest(path: str, manifest_format: str, uri_column: str, carried: pa
     """Streams a manifest's rows as dicts, in record batches (never the whole file at once)."""
     with fsspec.open(path, "rb") as f:
         if manifest_format == "txt":
-            for line in io.TextIOWrapper(f, encoding="utf-8"):
+            # Undecodable bytes become U+FFFD: such a URI then fails as one NotFound row instead of the whole file.
+            for line in io.TextIOWrapper(f, encoding="utf-8", errors="replace"):
                 if line.strip():
                     yield {uri_column: line.strip()}
         elif manifest_format == "jsonl":
@@ -181,9 +187,21 @@ def _read_manifest(path: str, manifest_format: str, uri_column: str, carried: pa
                     yield _json_row(line, uri_column)
         elif manifest_format == "csv":
             types = {uri_column: pa.string(), **{field.name: field.type for field in carried}}
-            reader = pa_csv.open_csv(f, convert_options=pa_csv.ConvertOptions(column_types=types))
+            bad_rows: list[str] = []
+
+            def keep_bad_row(row) -> str:
+                bad_rows.append(row.text)
+                return "skip"
+
+            reader = pa_csv.open_csv(
+                f,
+                convert_options=pa_csv.ConvertOptions(column_types=types),
+                parse_options=pa_csv.ParseOptions(invalid_row_handler=keep_bad_row),
+            )
             for batch in reader:
                 yield from batch.to_pylist()
+                while bad_rows:
+                    yield _bad_row(uri_column, f"a CSV row with the wrong number of fields: {bad_rows.pop(0)!r}")
         else:
             columns = [uri_column] + [n for n in carried.names if n in pq.read_schema(f).names]
             for batch in pq.ParquetFile(f).iter_batches(columns=columns):
@@ -191,9 +209,14 @@ def _read_manifest(path: str, manifest_format: str, uri_column: str, carried: pa
 
 
 def _json_row(line: bytes, uri_column: str) -> dict:
-    """One JSON Lines row; a line that is not a JSON object becomes a row without a URI (an error row)."""
+    """One JSON Lines row; a line that is not a JSON object becomes a BadManifestRow error row."""
     try:
         row = json.loads(line)
-    except json.JSONDecodeError:
-        return {uri_column: None}
-    return row if isinstance(row, dict) else {uri_column: None}
+    except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+        return _bad_row(uri_column, f"a line that is not JSON: {line[:200]!r}")
+    return row if isinstance(row, dict) else _bad_row(uri_column, f"a JSON line that is not an object: {line[:200]!r}")
+
+
+def _bad_row(uri_column: str, problem: str) -> dict:
+    """A manifest row that could not be parsed: it still comes out, as a BadManifestRow error row."""
+    return {uri_column: None, MANIFEST_ERROR_KEY: problem}

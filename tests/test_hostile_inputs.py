@@ -123,7 +123,30 @@ def test_every_hostile_input_ends_as_one_row(tmp_path, corpus, tiny_model, label
     rotated = by_uri[str(folder / "rotated_exif.jpg")]
     assert (rotated["width"], rotated["height"]) == (240, 320), "EXIF orientation applied"
     empty_rows = [r for r in rows if r["n"] is None or r["n"] >= 1000]
-    assert sorted(r["error_type"] for r in empty_rows) == ["EmptyUri"] * 3
+    assert sorted(r["error_type"] for r in empty_rows) == ["BadManifestRow", "EmptyUri", "EmptyUri"]
+
+
+def test_malformed_manifest_rows_become_error_rows(tmp_path, shared, tiny_model, labels_file):
+    photo_path = shared / "images" / "photos" / "hot_dog.jpg"
+    csv_manifest = tmp_path / "m.csv"
+    csv_manifest.write_text(f"id,uri\n1,{photo_path}\n2,{photo_path},surplus field\n3,{photo_path}\n")
+    txt_manifest = tmp_path / "m.txt"
+    txt_manifest.write_bytes(str(photo_path).encode() + b"\n/photos/caf\xe9.jpg\n")  # Latin-1, not UTF-8
+    prefix = tmp_path / "out" / "labels"
+    args = ["--input", csv_manifest, "--input", txt_manifest, "--output", prefix]
+    assert run_job(*args, "--model", tiny_model, "--labels", labels_file) == 0
+    rows = read_output(prefix).to_pylist()
+    assert len(rows) == 5
+    outcomes = sorted((r["id"] or 0, r["status"], r["error_type"]) for r in rows)
+    assert outcomes == [
+        (0, "error", "BadManifestRow"),
+        (0, "error", "NotFound"),
+        (0, "ok", None),
+        (1, "ok", None),
+        (3, "ok", None),
+    ]
+    (bad,) = [r for r in rows if r["error_type"] == "BadManifestRow"]
+    assert "surplus field" in bad["error"]
 
 
 def test_empty_manifest_gives_an_empty_output(tmp_path, tiny_model, labels_file):
