@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -80,3 +84,23 @@ def read_output(prefix: Path | str) -> pa.Table:
     files = sorted(Path(prefix).parent.glob(Path(prefix).name + "-*-of-*.parquet"))
     assert files, f"no output shards for {prefix}"
     return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+@contextlib.contextmanager
+def serve_folder(directory: Path | str) -> Iterator[tuple[str, list[str]]]:
+    """Serves a folder over HTTP on 127.0.0.1; yields (base URL, the paths requested so far)."""
+    requested: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(directory), **kwargs)
+
+        def log_message(self, *args):
+            requested.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requested
+    finally:
+        server.shutdown()

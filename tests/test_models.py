@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import fsspec
-from conftest import read_output, run_job
+from conftest import read_output, run_job, serve_folder
 
 from beam_pipeline import labels as labels_module
 
@@ -97,24 +95,10 @@ def test_a_folder_without_a_model_fails_at_launch(tmp_path, labels_file, capsys)
 
 
 def test_label_file_url_is_fetched_once_and_cached(tmp_path, labels_file, monkeypatch):
-    served = Path(labels_file).parent
-    requests = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(served), **kwargs)
-
-        def log_message(self, *args):
-            requests.append(self.path)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(labels_module, "CACHE_DIR", str(tmp_path / "cache"))
-    url = f"http://127.0.0.1:{server.server_address[1]}/ImageNetLabels.txt"
-    try:
+    with serve_folder(Path(labels_file).parent) as (base_url, requests):
+        url = f"{base_url}/ImageNetLabels.txt"
         first = labels_module.read_labels(url)
-    finally:
-        server.shutdown()
     second = labels_module.read_labels(url)  # the server is gone: this comes from the cache
     assert first == second and len(first) == 1001 and first[:2] == ["background", "tench"]
     assert len([r for r in requests if "ImageNetLabels" in r]) >= 1

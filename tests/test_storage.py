@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import collections
-import http.server
-import threading
 
 import fsspec
 import pytest
-from conftest import read_output, run_job
+from conftest import read_output, run_job, serve_folder
 from fsspec.implementations.memory import MemoryFileSystem
 
 from beam_pipeline import reading
@@ -74,20 +72,8 @@ def test_retries_are_bounded(tmp_path, flaky, monkeypatch, tiny_model, labels_fi
 @pytest.fixture
 def local_http_server(shared):
     """Serves ../shared/images/photos on 127.0.0.1 (a loopback address: private by the job's rules)."""
-    directory = str(shared / "images" / "photos")
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=directory, **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_folder(shared / "images" / "photos") as (url, _):
+        yield url
 
 
 def test_private_http_hosts_are_refused_unless_allowed(tmp_path, local_http_server, tiny_model, labels_file):
