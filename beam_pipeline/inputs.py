@@ -203,8 +203,9 @@ def _read_manifest(path: str, manifest_format: str, uri_column: str, carried: pa
                 while bad_rows:
                     yield _bad_row(uri_column, f"a CSV row with the wrong number of fields: {bad_rows.pop(0)!r}")
         else:
-            columns = [uri_column] + [n for n in carried.names if n in pq.read_schema(f).names]
-            for batch in pq.ParquetFile(f).iter_batches(columns=columns):
+            parquet = pq.ParquetFile(f)  # one footer read: its schema picks the columns this file has
+            columns = [uri_column] + [n for n in carried.names if n in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(columns=columns):
                 yield from batch.to_pylist()
 
 
