@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +79,22 @@ def run_job(*args: str) -> int:
     from beam_pipeline.cli import main
 
     return main([str(a) for a in args])
+
+
+def label(input_: object, output: object, model: object, labels: object, *extra: object) -> int:
+    """run_job with the four flags every run needs, then any others."""
+    return run_job("--input", input_, "--output", output, "--model", model, "--labels", labels, *extra)
+
+
+def run_cli(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m beam_pipeline ARGS` in a new process (for environment variables read at import)."""
+    return subprocess.run(
+        [sys.executable, "-m", "beam_pipeline", *map(str, args)],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def read_output(prefix: Path | str) -> pa.Table:

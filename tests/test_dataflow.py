@@ -13,7 +13,7 @@ from pathlib import Path
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from conftest import REPO, read_output, run_job
+from conftest import REPO, label, read_output
 from images import jpeg_bytes, photo
 
 from beam_pipeline import cli, job, pipeline
@@ -99,25 +99,8 @@ def test_fnapi_multi_processing_workers(tmp_path, few_hundred_images, tiny_model
     """Real SDK-harness worker processes over gRPC: the handler is pickled across, one model per process."""
     prefix = tmp_path / "out" / "labels"
     folder = few_hundred_images[0].parent
-    assert (
-        run_job(
-            "--input",
-            folder,
-            "--output",
-            prefix,
-            "--model",
-            tiny_model,
-            "--labels",
-            labels_file,
-            "--runner",
-            "FnApiRunner",
-            "--direct_running_mode",
-            "multi_processing",
-            "--direct_num_workers",
-            "2",
-        )
-        == 0
-    )
+    extra = ["--runner", "FnApiRunner", "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+    assert label(folder, prefix, tiny_model, labels_file, *extra) == 0
     table = read_output(prefix)
     assert sorted(table.column("uri").to_pylist()) == sorted(str(p) for p in few_hundred_images)
     assert set(table.column("status").to_pylist()) == {"ok"}
@@ -163,25 +146,8 @@ def test_portable_runner_against_local_job_service(
 ):
     prefix = tmp_path / "out" / "labels"
     folder = few_hundred_images[0].parent
-    assert (
-        run_job(
-            "--input",
-            folder,
-            "--output",
-            prefix,
-            "--model",
-            tiny_model,
-            "--labels",
-            labels_file,
-            "--runner",
-            "PortableRunner",
-            "--job_endpoint",
-            local_job_service,
-            "--environment_type",
-            "LOOPBACK",
-        )
-        == 0
-    )
+    extra = ["--runner", "PortableRunner", "--job_endpoint", local_job_service, "--environment_type", "LOOPBACK"]
+    assert label(folder, prefix, tiny_model, labels_file, *extra) == 0
     table = read_output(prefix)
     assert sorted(table.column("uri").to_pylist()) == sorted(str(p) for p in few_hundred_images)
     assert set(table.column("status").to_pylist()) == {"ok"}

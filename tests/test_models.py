@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import fsspec
-from conftest import read_output, run_job, serve_folder
+from conftest import read_output, run_cli, run_job, serve_folder
 
 from beam_pipeline import labels as labels_module
 
@@ -22,24 +19,16 @@ def test_tfhub_handle_from_a_prepopulated_cache(tmp_path, float_model, labels_fi
     cache = tmp_path / "tfhub"
     shutil.copytree(float_model, cache / hashlib.sha1(TFHUB_HANDLE.encode()).hexdigest())
     prefix = tmp_path / "out" / "labels"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "beam_pipeline",
-            "--input",
-            shared / "images" / "photos",
-            "--output",
-            prefix,
-            "--model",
-            TFHUB_HANDLE,
-            "--labels",
-            labels_file,
-        ],
-        env={**os.environ, "TFHUB_CACHE_DIR": str(cache)},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_cli(
+        "--input",
+        shared / "images" / "photos",
+        "--output",
+        prefix,
+        "--model",
+        TFHUB_HANDLE,
+        "--labels",
+        labels_file,
+        env={"TFHUB_CACHE_DIR": str(cache)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_output(prefix).to_pylist()

@@ -9,7 +9,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import read_output, run_job
+from conftest import label, read_output, run_job
 from images import write_broken_images, write_good_images
 
 from beam_pipeline.schema import output_schema
@@ -108,19 +108,7 @@ def test_memory_filesystem_input(tmp_path, shared, tiny_model, labels_file):
     for source in sources:
         fs.pipe(f"/bucket/photos/{source.name}", source.read_bytes())
     prefix = tmp_path / "out" / "labels"
-    assert (
-        run_job(
-            "--input",
-            "memory://bucket/photos/*.bmp",
-            "--output",
-            prefix,
-            "--model",
-            tiny_model,
-            "--labels",
-            labels_file,
-        )
-        == 0
-    )
+    assert label("memory://bucket/photos/*.bmp", prefix, tiny_model, labels_file) == 0
     table = read_output(prefix)
     uris = sorted(table.column("uri").to_pylist())
     # fsspec's canonical form of memory paths has a leading slash: memory:///bucket/...
@@ -133,24 +121,7 @@ def test_multi_processing_direct_runner(tmp_path, mixed_folder, tiny_model, labe
     """Two SDK worker processes: the handler and DoFns are pickled across the process boundary."""
     folder, expected = mixed_folder
     prefix = tmp_path / "out" / "labels"
-    assert (
-        run_job(
-            "--input",
-            folder,
-            "--output",
-            prefix,
-            "--model",
-            tiny_model,
-            "--labels",
-            labels_file,
-            "--runner",
-            "DirectRunner",
-            "--direct_running_mode",
-            "multi_processing",
-            "--direct_num_workers",
-            "2",
-        )
-        == 0
-    )
+    extra = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+    assert label(folder, prefix, tiny_model, labels_file, *extra) == 0
     table = read_output(prefix)
     assert sorted(Path(u).name for u in table.column("uri").to_pylist()) == sorted(expected)
