@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
 from beam_pipeline import errors
 from beam_pipeline.inputs import MANIFEST_ERROR_KEY
+from beam_pipeline.models import default_num_threads
 from beam_pipeline.preprocess import ResizeMode, decode_image
 from beam_pipeline.reading import read_image_bytes
 from beam_pipeline.records import METRICS_NAMESPACE, error_row
@@ -21,7 +24,13 @@ class DecodeImage(beam.DoFn):
     """Reads a row's URI with fsspec and decodes it with Pillow, resized for the model.
 
     Main output: (row with width/height, uint8 [H, W, 3]). Tagged output FAILED_TAG: finished error rows.
-    Pillow releases the GIL while decoding, so several threads of one worker decode in parallel.
+
+    Rows are read and decoded on a pool of `threads` threads (default: the worker's cores), at most `in_flight` at a
+    time (default: 4 per thread), while the bundle's
+    own thread goes on to batch and run the model. Beam's local runner runs a fused stage on one thread (its
+    multi-threaded mode loses elements: docs/runner-data-loss.md), and on Dataflow this overlaps slow reads too.
+    Pillow and fsspec release the GIL while decoding and reading. Beam metrics are thread-local, so they are
+    counted on the bundle's thread as results are emitted.
     """
 
     def __init__(
@@ -35,6 +44,8 @@ class DecodeImage(beam.DoFn):
         allow_private_hosts: bool,
         read_retries: int,
         model_id: str,
+        threads: int | None = None,
+        in_flight: int | None = None,
     ):
         self._size = size
         self._resize = resize
@@ -44,15 +55,53 @@ class DecodeImage(beam.DoFn):
         self._allow_private_hosts = allow_private_hosts
         self._read_retries = read_retries
         self._model_id = model_id
+        self._threads = threads
+        self._in_flight_limit = in_flight
+        self._max_in_flight = 1
         self._read = Metrics.counter(METRICS_NAMESPACE, "images_read")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: dict[Future, tuple] = {}
 
     def setup(self) -> None:
         # Pillow's own decompression-bomb guard follows the flag too (it would otherwise stop at its own limit).
         Image.MAX_IMAGE_PIXELS = self._max_pixels
+        threads = self._threads or default_num_threads()
+        self._max_in_flight = max(self._in_flight_limit or 4 * threads, threads)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
-    def process(self, row: dict) -> Iterator:
-        self._read.inc()
+    def start_bundle(self) -> None:
+        self._in_flight = {}
+
+    def process(self, row: dict, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam) -> Iterator:
+        assert self._pool is not None
+        self._in_flight[self._pool.submit(self.decode_row, row)] = (timestamp, window)
+        if len(self._in_flight) >= self._max_in_flight:
+            done, _ = wait(self._in_flight, return_when=FIRST_COMPLETED)
+            yield from self._emit(done)
+
+    def finish_bundle(self) -> Iterator:
+        yield from self._emit(list(self._in_flight))
+
+    def teardown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+    def _emit(self, futures: Iterable[Future]) -> Iterator:
+        """Outputs finished rows, each in the window and with the timestamp of the row it came from."""
+        for future in futures:
+            timestamp, window = self._in_flight.pop(future)
+            tag, value = future.result()  # decode_row never raises
+            self._read.inc()
+            if tag == FAILED_TAG:
+                self._failed.inc()
+                Metrics.counter(METRICS_NAMESPACE, f"failed_{value['error_type']}").inc()
+                yield beam.pvalue.TaggedOutput(FAILED_TAG, WindowedValue(value, timestamp, (window,)))
+            else:
+                yield WindowedValue(value, timestamp, (window,))
+
+    def decode_row(self, row: dict) -> tuple[str | None, object]:
+        """(None, (row with width/height, pixels)) or (FAILED_TAG, error row); every failure becomes a row."""
         stage_is_read = True
         try:
             if MANIFEST_ERROR_KEY in row:
@@ -71,9 +120,5 @@ class DecodeImage(beam.DoFn):
             )
         except Exception as exc:  # noqa: BLE001 - every failure of one input becomes its error row
             error_type = errors.error_type_of(exc, while_reading=stage_is_read)
-            failed = error_row(row, exc, error_type=error_type, model_id=self._model_id)
-            self._failed.inc()
-            Metrics.counter(METRICS_NAMESPACE, f"failed_{failed['error_type']}").inc()
-            yield beam.pvalue.TaggedOutput(FAILED_TAG, failed)
-            return
-        yield {**row, "width": width, "height": height}, pixels
+            return FAILED_TAG, error_row(row, exc, error_type=error_type, model_id=self._model_id)
+        return None, ({**row, "width": width, "height": height}, pixels)

@@ -10,14 +10,15 @@ from collections.abc import Iterator
 
 import apache_beam as beam
 from apache_beam.io.parquetio import ReadAllFromParquet
-from apache_beam.metrics import Metrics
 
-from beam_pipeline.records import METRICS_NAMESPACE
 from beam_pipeline.schema import STATUS_OK
+
+SKIPPED_TAG = "skipped"
 
 
 class SkipLabelled(beam.PTransform):
-    """Rows -> the rows whose URI no earlier output (a glob of Parquet shards) holds for `model_id`.
+    """Rows -> (the rows whose URI no earlier output (a glob of Parquet shards) holds for `model_id`, the count of
+    rows skipped).
 
     By default an earlier error row counts as done too; with `relabel_errors` only `ok` rows do.
     """
@@ -38,20 +39,19 @@ class SkipLabelled(beam.PTransform):
             | "DoneByUri" >> beam.Map(lambda row: (row["uri"], True))
         )
         todo = rows | "ByUri" >> beam.Map(lambda row: (row["uri"], row))
-        return (
+        joined = (
             {"todo": todo, "done": done}
             | "JoinOnUri" >> beam.CoGroupByKey()
-            | "NotYetLabelled" >> beam.FlatMap(_rows_not_done)
+            | "NotYetLabelled" >> beam.FlatMap(_rows_not_done).with_outputs(SKIPPED_TAG, main="todo")
         )
+        return joined.todo, joined[SKIPPED_TAG] | "CountSkipped" >> beam.combiners.Count.Globally()
 
     def _counts_as_done(self, row: dict) -> bool:
         return row["model"] == self._model_id and (row["status"] == STATUS_OK or not self._relabel_errors)
 
 
-def _rows_not_done(joined: tuple) -> Iterator[dict]:
+def _rows_not_done(joined: tuple) -> Iterator:
     _, groups = joined
-    rows = list(groups["todo"])
-    if any(True for _ in groups["done"]):
-        Metrics.counter(METRICS_NAMESPACE, "rows_skipped").inc(len(rows))
-        return
-    yield from rows
+    skip = any(True for _ in groups["done"])
+    for row in groups["todo"]:
+        yield beam.pvalue.TaggedOutput(SKIPPED_TAG, row["uri"]) if skip else row

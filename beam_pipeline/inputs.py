@@ -90,21 +90,22 @@ def carried_schema(specs: list[InputSpec], uri_column: str) -> pa.Schema:
 
 
 class ExpandInputs(beam.PTransform):
-    """InputSpecs -> rows {uri_column: uri, carried...}, spread over workers by a Reshuffle."""
+    """InputSpecs -> rows {uri_column: uri, carried...}, with `spread` reshuffled over the workers."""
 
-    def __init__(self, specs: list[InputSpec], uri_column: str, carried: pa.Schema):
+    def __init__(self, specs: list[InputSpec], uri_column: str, carried: pa.Schema, *, spread: bool = True):
         super().__init__()
         self._specs = specs
         self._uri_column = uri_column
         self._carried = carried
+        self._spread = spread
 
     def expand(self, pbegin):
-        return (
+        rows = (
             pbegin
             | "InputSpecs" >> beam.Create(self._specs)
             | "ListUris" >> beam.FlatMap(expand_input, uri_column=self._uri_column, carried=self._carried)
-            | "SpreadOverWorkers" >> beam.Reshuffle()
         )
+        return rows | "SpreadOverWorkers" >> beam.Reshuffle() if self._spread else rows
 
 
 def expand_input(spec: InputSpec, *, uri_column: str, carried: pa.Schema) -> Iterator[dict]:

@@ -32,6 +32,7 @@ class JobConfig:
     run_id: str
     started_at: datetime.datetime
     model: models.ModelRef
+    backend: str
     labels: list[str]
     input_size: tuple[int, int]
     top_k: int
@@ -100,6 +101,7 @@ def prepare(flags) -> JobConfig:
         run_id=run_id,
         started_at=started_at,
         model=model_ref,
+        backend="tensorflow",
         labels=label_names,
         input_size=classifier.input_size,
         top_k=flags.top_k,

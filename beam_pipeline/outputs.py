@@ -6,6 +6,7 @@ import datetime
 import json
 import uuid
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 SHARD_SUFFIX = ".parquet"
@@ -39,6 +40,15 @@ def write_success(prefix: str, summary: dict) -> str:
     with FileSystems.create(path) as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
     return path
+
+
+def read_success(prefix: str) -> dict | None:
+    """The `_SUCCESS` record beside the shards at `prefix`, or None when there is none."""
+    path = success_path(prefix)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return json.loads(f.read())
 
 
 def remove_previous_output(prefix: str) -> None:

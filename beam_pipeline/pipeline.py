@@ -1,4 +1,4 @@
-"""The pipeline graph: expand inputs -> decode -> RunInference -> one Parquet row per input."""
+"""The pipeline graph: expand inputs -> decode -> RunInference -> one Parquet row per input -> finalize."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from beam_pipeline import errors, outputs
 from beam_pipeline.decode import FAILED_TAG, DecodeImage
+from beam_pipeline.finalize import FinalizeRun, RowStats, RunInfo
 from beam_pipeline.handler import ImageClassifierHandler
 from beam_pipeline.incremental import SkipLabelled
 from beam_pipeline.inputs import ExpandInputs
@@ -19,49 +20,88 @@ from beam_pipeline.schema import output_schema
 PARQUET_CODEC = "snappy"  # Beam's WriteToParquet default is no compression
 
 
-def build(pipeline: beam.Pipeline, job: JobConfig) -> None:
-    """Adds the labelling job to `pipeline`."""
-    handler = ImageClassifierHandler(
-        job.model,
-        job.labels,
-        top_k=job.top_k,
-        min_batch_size=job.min_batch_size,
-        max_batch_size=job.max_batch_size,
-        large_model=job.large_model,
-    )
-    rows = pipeline | "ExpandInputs" >> ExpandInputs(job.inputs, job.uri_column, job.carried)
+def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) -> beam.PCollection:
+    """Adds the labelling job to `pipeline`; returns the PCollection of the run's summary record.
+
+    `spread_rows` reshuffles the input rows over the workers. Leave it off only where one worker runs every stage
+    (the local in-memory runner): there it gains nothing and holds every row in memory.
+    """
+    rows = pipeline | "ExpandInputs" >> ExpandInputs(job.inputs, job.uri_column, job.carried, spread=spread_rows)
+    rows_in = rows | "CountRowsIn" >> beam.combiners.Count.Globally()
     if job.skip_labelled:
-        rows = rows | "SkipLabelled" >> SkipLabelled(job.skip_labelled, job.model.model_id, job.relabel_errors)
-    decoded = rows | "Decode" >> beam.ParDo(
-        DecodeImage(
-            size=job.input_size,
-            resize=job.resize,
-            max_bytes=job.max_bytes,
-            max_pixels=job.max_image_pixels,
-            allowed_schemes=job.allowed_schemes,
-            allow_private_hosts=job.allow_private_hosts,
-            read_retries=job.read_retries,
-            model_id=job.model.model_id,
+        rows, rows_skipped = rows | "SkipLabelled" >> SkipLabelled(
+            job.skip_labelled, job.model.model_id, job.relabel_errors
         )
-    ).with_outputs(FAILED_TAG, main="decoded")
-    predictions, dead_letters = (
-        decoded.decoded | "Classify" >> RunInference(KeyedModelHandler(handler)).with_exception_handling()
+    else:
+        rows_skipped = pipeline | "NoneSkipped" >> beam.Create([0])
+    output_rows = rows | "LabelRows" >> LabelRows(job, decode_in_flight=None if spread_rows else 2 * job.max_batch_size)
+    shards = output_rows | "WriteParquet" >> WriteToParquet(
+        job.output,
+        schema=output_schema(job.carried),
+        codec=PARQUET_CODEC,
+        use_compliant_nested_type=True,
+        file_name_suffix=outputs.SHARD_SUFFIX,
     )
-    labelled = predictions | "LabelledRows" >> beam.MapTuple(_count_labelled)
-    inference_failed = dead_letters.failed_inferences | "InferenceErrorRows" >> beam.FlatMap(
-        _inference_error_rows, model_id=job.model.model_id
-    )
-    (
-        (labelled, decoded[FAILED_TAG], inference_failed)
-        | "AllRows" >> beam.Flatten()
-        | "WriteParquet"
-        >> WriteToParquet(
-            job.output,
-            schema=output_schema(job.carried),
-            codec=PARQUET_CODEC,
-            use_compliant_nested_type=True,
-            file_name_suffix=outputs.SHARD_SUFFIX,
+    row_stats = output_rows | "RowStats" >> beam.CombineGlobally(RowStats())
+    return {
+        "shards": shards,
+        "rows_in": rows_in,
+        "rows_skipped": rows_skipped,
+        "row_stats": row_stats,
+    } | "Finalize" >> FinalizeRun(run_info(job))
+
+
+class LabelRows(beam.PTransform):
+    """Input rows -> output rows, one each: decoded and labelled, or an error row saying why not."""
+
+    def __init__(self, job: JobConfig, *, decode_in_flight: int | None = None):
+        super().__init__()
+        self._job = job
+        self._decode_in_flight = decode_in_flight
+
+    def expand(self, rows):
+        job = self._job
+        handler = ImageClassifierHandler(
+            job.model,
+            job.labels,
+            top_k=job.top_k,
+            min_batch_size=job.min_batch_size,
+            max_batch_size=job.max_batch_size,
+            large_model=job.large_model,
         )
+        decoded = rows | "Decode" >> beam.ParDo(
+            DecodeImage(
+                size=job.input_size,
+                resize=job.resize,
+                max_bytes=job.max_bytes,
+                max_pixels=job.max_image_pixels,
+                allowed_schemes=job.allowed_schemes,
+                allow_private_hosts=job.allow_private_hosts,
+                read_retries=job.read_retries,
+                model_id=job.model.model_id,
+                in_flight=self._decode_in_flight,
+            )
+        ).with_outputs(FAILED_TAG, main="decoded")
+        predictions, dead_letters = (
+            decoded.decoded | "Classify" >> RunInference(KeyedModelHandler(handler)).with_exception_handling()
+        )
+        labelled = predictions | "LabelledRows" >> beam.MapTuple(_count_labelled)
+        inference_failed = dead_letters.failed_inferences | "InferenceErrorRows" >> beam.FlatMap(
+            _inference_error_rows, model_id=job.model.model_id
+        )
+        return (labelled, decoded[FAILED_TAG], inference_failed) | "AllRows" >> beam.Flatten()
+
+
+def run_info(job: JobConfig) -> RunInfo:
+    return RunInfo(
+        run_id=job.run_id,
+        started_at=job.started_at,
+        output=job.output,
+        model_id=job.model.model_id,
+        model_spec=job.model.spec,
+        model_revision=job.model.revision,
+        backend=job.backend,
+        max_error_fraction=job.max_error_fraction,
     )
 
 

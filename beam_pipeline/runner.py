@@ -1,42 +1,33 @@
-"""Runs the labelling pipeline with the given Beam options, then summarises it and marks it done."""
+"""Runs the labelling pipeline with the given Beam options and returns the summary its final step wrote."""
 
 from __future__ import annotations
 
-import datetime
-import time
-
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from beam_pipeline import outputs, pipeline
 from beam_pipeline.job import JobConfig
-from beam_pipeline.summary import RunSummary, summarize
+
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner")
 
 
-def run(job: JobConfig, beam_args: list[str]) -> RunSummary:
-    """Builds and runs the pipeline, waits for it, writes _SUCCESS and returns the run's summary."""
-    started = time.monotonic()
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-        pipeline.build(p, job)
-    shards = outputs.final_shards(job.output)
-    summary = summarize(p.result, shards, time.monotonic() - started)
-    finished_at = datetime.datetime.now(datetime.timezone.utc)
-    outputs.write_success(
-        job.output,
-        {
-            "run_id": job.run_id,
-            "started_at": job.started_at.isoformat(),
-            "finished_at": finished_at.isoformat(),
-            "rows": summary.images_read,
-            "status_counts": {"ok": summary.images_labelled, "error": summary.images_failed},
-            "errors_by_type": summary.errors_by_type,
-            "rows_skipped": summary.rows_skipped,
-            "images_per_second": round(summary.images_per_second, 2),
-            "model": job.model.model_id,
-            "model_spec": job.model.spec,
-            "model_revision": job.model.revision,
-            "output_prefix": job.output,
-            "shards": shards,
-        },
-    )
-    return summary
+class RunError(Exception):
+    """The pipeline finished without a summary of this run (its final step did not run)."""
+
+
+def run(job: JobConfig, beam_args: list[str]) -> dict:
+    """Builds and runs the pipeline, waits for it and returns the `_SUCCESS` record its final step wrote."""
+    options = PipelineOptions(beam_args)
+    with beam.Pipeline(options=options) as p:
+        pipeline.build(p, job, spread_rows=rows_need_spreading(options))
+    record = outputs.read_success(job.output)
+    if record is None or record.get("run_id") != job.run_id:
+        raise RunError(f"the pipeline finished but wrote no _SUCCESS for run {job.run_id} beside {job.output}")
+    return record
+
+
+def rows_need_spreading(options: PipelineOptions) -> bool:
+    """False only on the local runner's single in-memory worker, where a Reshuffle moves rows nowhere."""
+    runner = options.view_as(StandardOptions).runner
+    mode = options.view_as(DirectOptions).direct_running_mode
+    return not (runner in LOCAL_RUNNERS and mode == "in_memory")

@@ -18,7 +18,8 @@ from images import jpeg_bytes, photo
 
 from beam_pipeline import cli, job, pipeline
 
-EXPECTED_STEPS = {"ExpandInputs", "Decode", "Classify", "LabelledRows", "InferenceErrorRows", "AllRows", "WriteParquet"}
+EXPECTED_STEPS = {"ExpandInputs", "CountRowsIn", "LabelRows", "WriteParquet", "RowStats", "Finalize"}
+EXPECTED_LABELLING_STEPS = {"Decode", "Classify", "LabelledRows", "InferenceErrorRows", "AllRows"}
 
 
 def test_sdist_installs_and_imports_as_on_a_worker(tmp_path):
@@ -79,6 +80,7 @@ def test_dataflow_job_graph_builds_offline(tmp_path, tiny_model, labels_file, sh
     transforms = result.job.proto_pipeline.components.transforms.values()
     top_level = {t.unique_name for t in transforms if "/" not in t.unique_name}
     assert EXPECTED_STEPS <= top_level
+    assert {f"LabelRows/{name}" for name in EXPECTED_LABELLING_STEPS} <= {t.unique_name for t in transforms}
     payloads = [t.spec.payload for t in transforms if t.spec.urn == "beam:transform:pardo:v1"]
     assert len(payloads) > 5, "the DoFns were pickled into the job"
 
