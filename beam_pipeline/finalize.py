@@ -1,7 +1,9 @@
-"""The run's final step, inside the pipeline: reconcile rows in against rows written, then write `_SUCCESS`.
+"""The run's final step, inside the pipeline: reconcile rows in against rows written, publish, write `_SUCCESS`.
 
-It runs after Beam's sink has renamed its shards into place (it takes their names as a side input), from counts
-the pipeline computed itself, so a run finishes properly even when its launcher is gone (Dataflow, schedulers).
+It runs after Beam's sink has finished its shards in the run's staging folder (it takes their names as a side
+input), from counts the pipeline computed itself, so a run finishes properly even when its launcher is gone
+(Dataflow, schedulers). Shards are published (renamed into place) only when every input row is accounted for;
+`_SUCCESS` is written either way, with `status` ok or failed and the problems found.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class RunInfo:
     run_id: str
     started_at: datetime.datetime
     output: str
+    overwrite: bool
     model_id: str
     model_spec: str
     model_revision: str | None
@@ -95,10 +98,13 @@ class FinalizeRun(beam.PTransform):
 
 
 def finalize_run(_, *, info: RunInfo, shards: list[str], rows_in: int, rows_skipped: int, row_stats: dict) -> dict:
-    """Reconciles the counts, decides the run's status and writes `_SUCCESS`; returns the record written."""
-    shards = sorted(shards)
-    rows_written = count_rows(shards)
+    """Reconciles the counts, publishes the staged shards if every row is there, writes `_SUCCESS`; returns it."""
+    staged = sorted(shards)
+    rows_written = count_rows(staged)
     problems = reconcile(rows_in=rows_in, rows_skipped=rows_skipped, rows_sent=row_stats["rows"], written=rows_written)
+    if not problems and not info.overwrite and outputs.final_shards(info.output):
+        problems.append(f"another run published shards at {info.output} while this one ran (--overwrite replaces)")
+    published = [] if problems else outputs.publish(staged, info.output, replace=info.overwrite)
     failed = row_stats["status_counts"][STATUS_ERROR]
     if rows_written and failed / rows_written > info.max_error_fraction:
         problems.append(
@@ -109,6 +115,7 @@ def finalize_run(_, *, info: RunInfo, shards: list[str], rows_in: int, rows_skip
     record = {
         "status": STATUS_FAILED if problems else STATUS_OK,
         "problems": problems,
+        "published": bool(published),
         "run_id": info.run_id,
         "started_at": info.started_at.isoformat(),
         "finished_at": finished_at.isoformat(),
@@ -124,9 +131,10 @@ def finalize_run(_, *, info: RunInfo, shards: list[str], rows_in: int, rows_skip
         "model_revision": info.model_revision,
         "backend": info.backend,
         "output_prefix": info.output,
-        "shards": shards,
+        "shards": published,
     }
     outputs.write_success(info.output, record)
+    outputs.remove_staging(info.output, info.run_id)
     return record
 
 

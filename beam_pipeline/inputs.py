@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import posixpath
+import re
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
@@ -21,12 +23,14 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from fsspec.core import split_protocol
+from fsspec.utils import glob_translate
 
 from beam_pipeline.schema import RESERVED_NAMES
 
 MANIFEST_FORMATS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _GLOB_CHARS = frozenset("*?[")
+TXT_COMMENT = "#"  # .txt manifest lines starting with it are comments
 MANIFEST_ERROR_KEY = "_manifest_error"  # set on rows that could not be parsed; read (and dropped) by the decode step
 _SCHEMA_SAMPLE_LINES = 1000  # JSON Lines manifests: rows read at launch to infer the carried columns' types
 
@@ -37,10 +41,12 @@ class InputError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-    """One `--input` value: a path or glob, and its manifest format (None for images)."""
+    """One `--input` value: a path or glob, its manifest format (None for images), and whether it names an existing
+    file or folder (then `[`, `?` and `*` in it are part of its name, not a pattern)."""
 
     path: str
     manifest_format: str | None
+    literal: bool = False
 
     @classmethod
     def parse(cls, value: str) -> InputSpec:
@@ -49,18 +55,58 @@ class InputSpec:
 
     @property
     def is_glob(self) -> bool:
-        return any(c in self.path for c in _GLOB_CHARS)
+        return not self.literal and any(c in self.path for c in _GLOB_CHARS)
 
 
-def check_exists(spec: InputSpec) -> None:
-    """Fails at launch when the input (or, for a glob, the folder it starts from) does not exist."""
+def check_exists(spec: InputSpec) -> InputSpec:
+    """The spec as the pipeline will read it; fails at launch when it names nothing to read.
+
+    A path that exists is taken literally (a folder called "Holiday [2024]" is that folder). A glob must match
+    something and a folder of images must hold at least one image: both are found by a walk that stops at the
+    first match, so a bucket of millions of files is not listed here.
+    """
     fs, path = fsspec.core.url_to_fs(spec.path)
-    if spec.is_glob:
-        root = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0] or "/"
-        if not fs.exists(root):
-            raise InputError(f"no such folder for glob {spec.path!r}: {root}")
-    elif not fs.exists(path):
+    if fs.exists(path):
+        spec = dataclasses.replace(spec, literal=True)
+        if spec.manifest_format is None and fs.isdir(path) and _first(_walk_images(fs, path)) is None:
+            raise InputError(f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) under {spec.path}")
+        return spec
+    if not spec.is_glob:
         raise InputError(f"no such file or directory: {spec.path}")
+    if _first(_lazy_glob(fs, path)) is None:
+        raise InputError(f"nothing matches {spec.path!r}")
+    return spec
+
+
+def _first(items: Iterator[str]) -> str | None:
+    return next(items, None)
+
+
+def _glob_root(path: str) -> str:
+    """The folder a glob starts from: everything before the first segment with a pattern character."""
+    return path[: min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0] or "/"
+
+
+def _lazy_glob(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
+    """Files matching a glob, found by walking from its root folder (fsspec's glob lists every match first)."""
+    pattern = re.compile(glob_translate(path))
+    root = _glob_root(path)
+    if not fs.isdir(root):
+        return
+    depth = None if "**" in path else path[len(root) :].strip("/").count("/") + 1
+    for folder, _, names in fs.walk(root, maxdepth=depth):
+        for name in sorted(names):
+            full = f"{folder.rstrip('/')}/{name}"
+            if pattern.match(full):
+                yield full
+
+
+def _walk_images(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
+    """A folder's image files, recursively, by suffix."""
+    for root, _, names in fs.walk(path):
+        for name in sorted(names):
+            if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield f"{root}/{name}"
 
 
 def carried_schema(specs: list[InputSpec], uri_column: str) -> pa.Schema:
@@ -117,10 +163,20 @@ def expand_input(spec: InputSpec, *, uri_column: str, carried: pa.Schema) -> Ite
     for path in _matching_files(spec):
         for row in _read_manifest(path, spec.manifest_format, uri_column, carried):
             uri = row.pop(uri_column, None)
-            out = {"uri": None if uri is None else str(uri), **{name: row.get(name) for name in carried.names}}
+            out = {"uri": _resolve(uri, path), **{name: row.get(name) for name in carried.names}}
             if MANIFEST_ERROR_KEY in row:
                 out[MANIFEST_ERROR_KEY] = row[MANIFEST_ERROR_KEY]
             yield out
+
+
+def _resolve(uri: object, manifest: str) -> str | None:
+    """A manifest's URI as the job reads it: a relative path is relative to the manifest's own folder."""
+    if uri is None:
+        return None
+    text = str(uri)
+    if not text.strip() or split_protocol(text)[0] or posixpath.isabs(text):
+        return text
+    return posixpath.join(posixpath.dirname(manifest), text)
 
 
 def _image_uris(spec: InputSpec) -> Iterator[str]:
@@ -128,15 +184,9 @@ def _image_uris(spec: InputSpec) -> Iterator[str]:
     fs, path = fsspec.core.url_to_fs(spec.path)
     protocol, _ = split_protocol(spec.path)
     if spec.is_glob:
-        matches = fs.glob(path, detail=True)
-        files = (name for name, info in sorted(matches.items()) if info["type"] != "directory")
+        files = _lazy_glob(fs, path)
     elif fs.isdir(path):
-        files = (
-            f"{root}/{name}"
-            for root, _, names in fs.walk(path)
-            for name in sorted(names)
-            if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
-        )
+        files = _walk_images(fs, path)
     else:
         files = iter([path])
     for name in files:
@@ -149,7 +199,7 @@ def _matching_files(spec: InputSpec) -> list[str]:
         return [spec.path]
     fs, path = fsspec.core.url_to_fs(spec.path)
     protocol, _ = split_protocol(spec.path)
-    return [fs.unstrip_protocol(p) if protocol else p for p in sorted(fs.glob(path))]
+    return [fs.unstrip_protocol(p) if protocol else p for p in _lazy_glob(fs, path)]
 
 
 def _manifest_schema(path: str, manifest_format: str) -> pa.Schema:
@@ -179,8 +229,9 @@ def _read_manifest(path: str, manifest_format: str, uri_column: str, carried: pa
     with fsspec.open(path, "rb") as f:
         if manifest_format == "txt":
             # Undecodable bytes become U+FFFD: such a URI then fails as one NotFound row instead of the whole file.
-            for line in io.TextIOWrapper(f, encoding="utf-8", errors="replace"):
-                if line.strip():
+            # utf-8-sig drops a byte order mark; blank lines and # comments are not rows.
+            for line in io.TextIOWrapper(f, encoding="utf-8-sig", errors="replace"):
+                if line.strip() and not line.lstrip().startswith(TXT_COMMENT):
                     yield {uri_column: line.strip()}
         elif manifest_format == "jsonl":
             for line in f:

@@ -29,6 +29,7 @@ class JobConfig:
     uri_column: str
     carried: pa.Schema
     output: str
+    overwrite: bool
     run_id: str
     started_at: datetime.datetime
     model: models.ModelRef
@@ -60,10 +61,8 @@ def prepare(flags) -> JobConfig:
         raise LaunchError("--relabel-errors", "only applies with --skip-labelled")
     if flags.min_batch_size > flags.max_batch_size:
         raise LaunchError("--min-batch-size", f"{flags.min_batch_size} is larger than --max-batch-size")
-    specs = [inputs.InputSpec.parse(value) for value in flags.input]
     try:
-        for spec in specs:
-            inputs.check_exists(spec)
+        specs = [inputs.check_exists(inputs.InputSpec.parse(value)) for value in flags.input]
         carried = inputs.carried_schema(specs, flags.uri_column)
     except inputs.InputError as exc:
         raise LaunchError("--input", str(exc)) from exc
@@ -87,17 +86,21 @@ def prepare(flags) -> JobConfig:
     run_id = outputs.new_run_id(started_at)
     output = outputs.expand_prefix(flags.output, now=started_at, run_id=run_id)
     _check_writable(output)
-    if outputs.final_shards(output):
-        if not flags.overwrite:
-            raise LaunchError(
-                "--output", f"an earlier run's shards exist at {output}; pass --overwrite to replace them"
-            )
-        outputs.remove_previous_output(output)
+    others = outputs.other_prefixes(output)
+    if others:
+        raise LaunchError(
+            "--output",
+            f"{outputs.folder_of(output)} holds the output of prefix {others[0]!r}; give each prefix a folder of "
+            "its own (_SUCCESS is per folder)",
+        )
+    if outputs.final_shards(output) and not flags.overwrite:
+        raise LaunchError("--output", f"an earlier run's shards exist at {output}; pass --overwrite to replace them")
     return JobConfig(
         inputs=specs,
         uri_column=flags.uri_column,
         carried=carried,
         output=output,
+        overwrite=flags.overwrite,
         run_id=run_id,
         started_at=started_at,
         model=model_ref,

@@ -1,9 +1,18 @@
-"""Where a run's output lives: its prefix (with {date}/{run_id} filled in), its final shards, its _SUCCESS file."""
+"""Where a run's output lives: its prefix (with {date}/{run_id} filled in), its staging folder, its final shards,
+its _SUCCESS file, and publishing staged shards under their final names.
+
+Beam's sink writes into a run-scoped staging folder beside the output (`_staging-RUNID/`, ignored by Spark, Hive,
+pyarrow and pandas as every `_` name is); the run's final step renames the shards into place only when every row
+is accounted for. Beam's own sink would otherwise delete any `PREFIX-*-of-NNNNN` file at the destination,
+including another prefix's shards, before the run has succeeded.
+"""
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
+import re
 import uuid
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -11,6 +20,8 @@ from apache_beam.io.filesystems import FileSystems
 
 SHARD_SUFFIX = ".parquet"
 SUCCESS_FILE = "_SUCCESS"
+STAGING_FOLDER = "_staging-"
+_SHARD_NAME = r"-\d{5,}-of-\d{5,}" + re.escape(SHARD_SUFFIX)  # Beam's default shard template, -SSSSS-of-NNNNN
 
 
 def new_run_id(now: datetime.datetime) -> str:
@@ -19,15 +30,72 @@ def new_run_id(now: datetime.datetime) -> str:
 
 
 def expand_prefix(output: str, *, now: datetime.datetime, run_id: str) -> str:
-    """Fills the {date} and {run_id} placeholders; a prefix ending in / gets the file name `labels`."""
+    """Fills the {date} and {run_id} placeholders and a leading ~; a prefix ending in / gets the name `labels`."""
     prefix = output.replace("{date}", f"{now:%Y-%m-%d}").replace("{run_id}", run_id)
+    if "://" not in prefix:
+        prefix = os.path.expanduser(prefix)
     return prefix + "labels" if prefix.endswith("/") else prefix
+
+
+def is_shard_of(path: str, prefix: str) -> bool:
+    """Whether `path` is a final shard PREFIX-SSSSS-of-NNNNN.parquet of exactly this prefix (not PREFIX-v2-...)."""
+    name = FileSystems.split(path)[1]
+    return re.fullmatch(re.escape(FileSystems.split(prefix)[1]) + _SHARD_NAME, name) is not None
 
 
 def final_shards(prefix: str) -> list[str]:
     """The final shards at a prefix (Beam's sink renames them into place only when every bundle is done)."""
     pattern = f"{prefix}-*-of-*{SHARD_SUFFIX}"
-    return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+    matches = (m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+    return sorted(path for path in matches if is_shard_of(path, prefix))
+
+
+def folder_of(prefix: str) -> str:
+    return FileSystems.split(prefix)[0]
+
+
+def staging_prefix(prefix: str, run_id: str) -> str:
+    """Where this run's sink writes: PREFIX's folder/_staging-RUNID/PREFIX's name."""
+    folder, name = FileSystems.split(prefix)
+    return FileSystems.join(folder, f"{STAGING_FOLDER}{run_id}", name)
+
+
+def other_prefixes(prefix: str) -> list[str]:
+    """Other output prefixes whose shards or _SUCCESS share PREFIX's folder (a folder holds one prefix's output)."""
+    folder, name = FileSystems.split(prefix)
+    pattern = FileSystems.join(folder, f"*-*-of-*{SHARD_SUFFIX}")
+    names = {FileSystems.split(m.path)[1] for r in FileSystems.match([pattern]) for m in r.metadata_list}
+    found = {m.group(1) for m in map(re.compile(r"(.+)" + _SHARD_NAME).fullmatch, names) if m} - {name}
+    success = read_success(prefix)
+    if success and success.get("output_prefix") not in (None, prefix):
+        found.add(FileSystems.split(success["output_prefix"])[1])
+    return sorted(found)
+
+
+def publish(staged: list[str], prefix: str, *, replace: bool) -> list[str]:
+    """Renames staged shards to PREFIX-SSSSS-of-NNNNN.parquet; with `replace`, deletes PREFIX's other shards.
+
+    Safe to repeat after a partial attempt: a shard already moved is skipped.
+    """
+    folder = folder_of(prefix)
+    final = [FileSystems.join(folder, FileSystems.split(path)[1]) for path in staged]
+    pending = [(src, dst) for src, dst in zip(staged, final) if FileSystems.exists(src) or not FileSystems.exists(dst)]
+    if pending:
+        FileSystems.rename([src for src, _ in pending], [dst for _, dst in pending])
+    if replace:
+        stale = sorted(set(final_shards(prefix)) - set(final))
+        staging = FileSystems.match([FileSystems.join(folder, f"{STAGING_FOLDER}*")])
+        stale += [m.path for r in staging for m in r.metadata_list]
+        if stale:
+            FileSystems.delete(stale)
+    return final
+
+
+def remove_staging(prefix: str, run_id: str) -> None:
+    """Deletes this run's staging folder (what is left of it after publishing, or all of it after a failure)."""
+    folder = FileSystems.join(folder_of(prefix), f"{STAGING_FOLDER}{run_id}")
+    if FileSystems.exists(folder):
+        FileSystems.delete([folder])
 
 
 def success_path(prefix: str) -> str:
@@ -49,12 +117,3 @@ def read_success(prefix: str) -> dict | None:
         return None
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return json.loads(f.read())
-
-
-def remove_previous_output(prefix: str) -> None:
-    """Deletes an earlier run's shards and _SUCCESS at this prefix (for --overwrite)."""
-    old = final_shards(prefix)
-    if FileSystems.exists(success_path(prefix)):
-        old.append(success_path(prefix))
-    if old:
-        FileSystems.delete(old)

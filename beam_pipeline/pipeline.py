@@ -36,7 +36,7 @@ def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) 
         rows_skipped = pipeline | "NoneSkipped" >> beam.Create([0])
     output_rows = rows | "LabelRows" >> LabelRows(job, decode_in_flight=None if spread_rows else 2 * job.max_batch_size)
     shards = output_rows | "WriteParquet" >> WriteToParquet(
-        job.output,
+        outputs.staging_prefix(job.output, job.run_id),
         schema=output_schema(job.carried),
         codec=PARQUET_CODEC,
         use_compliant_nested_type=True,
@@ -97,6 +97,7 @@ def run_info(job: JobConfig) -> RunInfo:
         run_id=job.run_id,
         started_at=job.started_at,
         output=job.output,
+        overwrite=job.overwrite,
         model_id=job.model.model_id,
         model_spec=job.model.spec,
         model_revision=job.model.revision,

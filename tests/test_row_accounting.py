@@ -54,7 +54,8 @@ def test_job_writes_each_of_200k_manifest_rows_exactly_once(tmp_path, shared, ti
 
 
 def test_a_lost_row_fails_the_run_loudly(tmp_path, shared, tiny_model, labels_file, monkeypatch, capsys):
-    """A transform that drops a row on purpose: _SUCCESS says failed with both counts, the launcher exits 1."""
+    """A transform that drops a row on purpose: nothing is published, _SUCCESS says failed with both counts, and the
+    launcher exits 1 with one line saying how many rows are missing."""
     photos = write_good_images(tmp_path / "photos", shared)
     dropped = photos[0].name
     label_rows = pipeline.LabelRows.expand
@@ -69,9 +70,9 @@ def test_a_lost_row_fails_the_run_loudly(tmp_path, shared, tiny_model, labels_fi
     message = capsys.readouterr().err.strip()
     assert f"error: 1 rows missing: {len(photos)} rows in, 0 skipped, {len(photos) - 1} written" in message
     success = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
-    assert success["status"] == "failed"
+    assert success["status"] == "failed" and not success["published"] and success["shards"] == []
     assert (success["rows_in"], success["rows"]) == (len(photos), len(photos) - 1)
-    assert read_output(prefix).num_rows == len(photos) - 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_SUCCESS"], "incomplete output is not published"
 
 
 @pytest.mark.parametrize("rows_in, skipped, written, sent", [(10, 2, 8, 8), (0, 0, 0, 0)])
