@@ -33,7 +33,9 @@ import pytest
 from PIL import Image
 
 from beam_pipeline import report
-from beam_pipeline.schema import TOP_K_TYPE, output_schema
+from beam_pipeline.report import queries
+from beam_pipeline.report.data import DEFAULT_MAX_FAILED, DEFAULT_MAX_THUMBNAILS
+from beam_pipeline.schema import RESERVED_NAMES, TOP_K_TYPE, output_schema
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LABELLER_SHARED_DIR", REPO.parent / "shared"))
@@ -539,5 +541,62 @@ def test_million_rows_bounded(tmp_path: Path) -> None:
     assert card_value(page, "distinct labels") == 1000
     assert elapsed < 60, f"report of {n} rows took {elapsed:.1f}s"
     assert len(page.encode()) < 3_000_000
-    assert page.count('class="placeholder"') <= report.DEFAULT_MAX_THUMBNAILS
-    assert page.count('<tr><td class="wrap">') == report.DEFAULT_MAX_FAILED
+    assert page.count('class="placeholder"') <= DEFAULT_MAX_THUMBNAILS
+    assert page.count('<tr><td class="wrap">') == DEFAULT_MAX_FAILED
+
+
+# ------------------------------------------------------------ packaging and layout
+
+
+def test_job_import_loads_no_report_dependency() -> None:
+    """Importing the job (as Dataflow workers do) loads neither DuckDB nor matplotlib; the report loads DuckDB."""
+    probe = "import sys, {}; print(sorted(m for m in ('duckdb', 'matplotlib') if m in sys.modules))"
+    loaded = {
+        module: subprocess.run(
+            [sys.executable, "-c", probe.format(module)], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for module in ("beam_pipeline.pipeline", "beam_pipeline.report")
+    }
+    assert loaded == {"beam_pipeline.pipeline": "[]", "beam_pipeline.report": "['duckdb']"}
+
+
+def test_report_columns_are_the_job_schema() -> None:
+    """The columns the report requires or uses when present are the job's output columns."""
+    assert set(queries.REQUIRED_COLUMNS) | queries.OPTIONAL_COLUMNS == RESERVED_NAMES
+    assert not set(queries.REQUIRED_COLUMNS) & queries.OPTIONAL_COLUMNS
+
+
+def test_installed_sdist_console_script_and_module(tmp_path: Path) -> None:
+    """The sdist ships the page template and CSS: its console script and `-m` both write the same full page."""
+    subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--outdir", tmp_path / "dist", REPO], check=True, capture_output=True
+    )
+    (sdist,) = (tmp_path / "dist").glob("beam_image_labeller-*.tar.gz")
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target, sdist],
+        check=True,
+        capture_output=True,
+    )
+    write_image(tmp_path / "a.jpg")
+    output = write_run(str(tmp_path / "out"), [row(str(tmp_path / "a.jpg"), 1)], shards=1)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    commands = {
+        "script": [target / "bin" / "beam-image-labeller-report"],
+        "module": [sys.executable, "-m", "beam_pipeline.report"],
+    }
+    pages = {}
+    for name, command in commands.items():
+        page = tmp_path / f"{name}.html"
+        proc = subprocess.run(
+            [*command, output, "--html", page], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        pages[name] = re.sub(r"generated [^<]*", "", page.read_text(encoding="utf-8"))
+    probe = "import beam_pipeline.report as r; print(r.__file__)"
+    where = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert where.stdout.strip().startswith(str(target)), where.stdout + where.stderr
+    css = (REPO / "beam_pipeline" / "report" / "report.css").read_text(encoding="utf-8")
+    assert pages["script"] == pages["module"]
+    assert f"<style>\n{css}</style>" in pages["script"]
+    assert card_value(pages["script"], "rows") == 1 and len(thumbnails(pages["script"])) == 2
