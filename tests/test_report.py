@@ -11,6 +11,7 @@ Set LABELLER_REPORT_SCREENSHOT=docs/report.png to keep the end-to-end screenshot
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import html
 import io
 import json
@@ -33,7 +34,7 @@ import pytest
 from PIL import Image
 
 from beam_pipeline import report
-from beam_pipeline.report import queries
+from beam_pipeline.report import queries, text
 from beam_pipeline.report.data import DEFAULT_MAX_FAILED, DEFAULT_MAX_THUMBNAILS
 from beam_pipeline.schema import RESERVED_NAMES, TOP_K_TYPE, output_schema
 
@@ -600,3 +601,10 @@ def test_installed_sdist_console_script_and_module(tmp_path: Path) -> None:
     assert pages["script"] == pages["module"]
     assert f"<style>\n{css}</style>" in pages["script"]
     assert card_value(pages["script"], "rows") == 1 and len(thumbnails(pages["script"])) == 2
+
+
+def test_times_shown_in_utc() -> None:
+    """labelled_at values are shown in UTC (with datetime.timezone.utc: setup.py allows Python 3.10)."""
+    paris = dt.timezone(dt.timedelta(hours=1))
+    assert text.fmt_time(dt.datetime(2026, 1, 2, 4, 5, 6, tzinfo=paris)) == "2026-01-02 03:05:06 UTC"
+    assert text.fmt_time(dt.datetime(2026, 1, 2, 4, 5, 6)) == "2026-01-02 04:05:06"

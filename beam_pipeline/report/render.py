@@ -46,7 +46,7 @@ class _Renderer:
             css=_resource("report.css"),
             source=esc(shorten(d.source)),
             files=files,
-            generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
             body=f"{self._summary()}\n{self._charts()}\n{self._review()}\n{self._labels()}\n{self._failures()}",
         )
 

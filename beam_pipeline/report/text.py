@@ -39,7 +39,7 @@ def plural(count: int, noun: str) -> str:
 def fmt_time(value: Any) -> str:
     """A timestamp in UTC, as the page shows it."""
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value.tzinfo else str(value)
+        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if value.tzinfo else str(value)
     return str(value)
 
 
