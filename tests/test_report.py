@@ -31,11 +31,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import serve_folder
 from PIL import Image
 
 from beam_pipeline import report
 from beam_pipeline.report import queries, text
 from beam_pipeline.report.data import DEFAULT_MAX_FAILED, DEFAULT_MAX_THUMBNAILS
+from beam_pipeline.report.thumbnails import LOCAL_FILE_REFUSED, make_thumbnail
 from beam_pipeline.schema import RESERVED_NAMES, TOP_K_TYPE, output_schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,6 +191,11 @@ def card_value(page: str, key: str) -> int:
     match = re.search(r'<div class="n">([0-9,]+)</div><div class="k">' + re.escape(key) + "</div>", page)
     assert match, f"no {key!r} card in the report"
     return int(match.group(1).replace(",", ""))
+
+
+def reasons(page: str, prefix: str) -> int:
+    """How many thumbnail cards say they were refused for a reason starting with ``prefix``."""
+    return page.count(f'<span class="reason">{html.escape(prefix)}')
 
 
 def expected_cards(table: pa.Table, review: int, margin: float, per_label: int) -> list[str]:
@@ -350,7 +357,7 @@ def test_e2e_label_sections_and_thumbnails(e2e: dict[str, Any]) -> None:
     assert page.count("<figure ") == len(cards)
     srcs = thumbnails(page)
     # Every readable image is embedded; one the pipeline labelled but Pillow cannot decode is a placeholder.
-    assert len(srcs) == sum(1 for uri in cards if report.make_thumbnail(uri) is not None) >= 5
+    assert len(srcs) == sum(1 for uri in cards if report.make_thumbnail(uri, allow_local_files=True).src) >= 5
     assert all(src.startswith(THUMB_PREFIX) for src in srcs)
     for src in set(srcs):
         with Image.open(io.BytesIO(base64.b64decode(src[len(THUMB_PREFIX) :]))) as im:
@@ -442,6 +449,7 @@ def test_memory_filesystem_and_success(tmp_path: Path) -> None:
     assert html.escape('{"ok": 6}') in page
     assert "UnidentifiedImageError" in page
     assert thumbnails(local_only) == [] and local_only.count('class="placeholder"') == 6 + 6
+    assert reasons(local_only, "UnsupportedScheme: scheme 'memory' is not in") == 6 + 6
 
 
 def test_inputs_dir_prefix_glob_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -544,6 +552,51 @@ def test_million_rows_bounded(tmp_path: Path) -> None:
     assert len(page.encode()) < 3_000_000
     assert page.count('class="placeholder"') <= DEFAULT_MAX_THUMBNAILS
     assert page.count('<tr><td class="wrap">') == DEFAULT_MAX_FAILED
+
+
+# ------------------------------------------------------- thumbnails of untrusted output
+
+
+def test_private_hosts_get_no_request_unless_allowed(tmp_path: Path) -> None:
+    """Rows pointing at a loopback HTTP server: no request by default; --allow-private-hosts reads them."""
+    served = tmp_path / "served"
+    served.mkdir()
+    for i in range(3):
+        write_image(served / f"{i}.jpg", color=(80 * i, 60, 200))
+    with serve_folder(served) as (base, requested):
+        output = write_run(str(tmp_path / "out"), [row(f"{base}/{i}.jpg", i) for i in range(3)])
+        page = render(output, tmp_path)
+        requested_by_default = list(requested)
+        trusted = render(output, tmp_path, "--allow-private-hosts")
+    assert requested_by_default == []
+    cards = page.count("<figure ")
+    assert cards == 6  # each image in the lowest-score list and in its label's grid
+    assert thumbnails(page) == [] and reasons(page, "BlockedHost: 127.0.0.1") == cards
+    assert sorted(set(requested)) == ["/0.jpg", "/1.jpg", "/2.jpg"]
+    assert len(thumbnails(trusted)) == cards and reasons(trusted, "") == 0
+
+
+def test_local_files_not_embedded_from_remote_output(tmp_path: Path) -> None:
+    """Output on memory:// naming local files (a path, a file:// URI): placeholders unless the output is local."""
+    write_image(tmp_path / "a.jpg")
+    write_image(tmp_path / "b.jpg", color=(10, 200, 10))
+    rows = [row(str(tmp_path / "a.jpg"), 1), row((tmp_path / "b.jpg").as_uri(), 2)]
+    root = f"memory://report-local-{uuid.uuid4().hex}"
+    try:
+        output = write_run(f"{root}/out", rows)
+        page = render(output, tmp_path)
+        trusted = render(output, tmp_path, "--allow-private-hosts")
+    finally:
+        fsspec.filesystem("memory").rm(root, recursive=True)
+    local = render(write_run(str(tmp_path / "out"), rows), tmp_path)
+    cards = page.count("<figure ")
+    assert cards == 4
+    assert thumbnails(page) == [] and reasons(page, LOCAL_FILE_REFUSED) == cards
+    assert len(thumbnails(trusted)) == cards and len(thumbnails(local)) == cards
+    chained = "simplecache::" + (tmp_path / "a.jpg").as_uri()  # a chain reaching a local file, if its scheme is allowed
+    allowed = ("simplecache::file",)
+    assert make_thumbnail(chained, allowed_schemes=allowed).refused == LOCAL_FILE_REFUSED
+    assert make_thumbnail(chained, allowed_schemes=allowed, allow_local_files=True).src
 
 
 # ------------------------------------------------------------ packaging and layout

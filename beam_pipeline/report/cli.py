@@ -36,7 +36,10 @@ def build_report(output: str, options: Options | None = None) -> str:
     """Gather, read thumbnails and render: the whole report for ``output`` as an HTML string."""
     options = options or Options()
     data = gather(output, options)
-    thumbs = make_thumbnails(data.sampled_uris(), options)
+    # Local files only for local output: someone else's output must not embed this machine's files in the page.
+    thumbs = make_thumbnails(
+        data.sampled_uris(), options, allow_local_files=options.allow_private_hosts or data.output_is_local
+    )
     return render(data, options, thumbs)
 
 
@@ -77,6 +80,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=",".join(DEFAULT_ALLOWED_SCHEMES),
         help="URI schemes thumbnails may be read from, comma-separated",
     )
+    p.add_argument(
+        "--allow-private-hosts",
+        action="store_true",
+        help="read thumbnails from loopback, link-local and private http(s) hosts (following redirects), and local "
+        "files even when the output is not local; only for output you trust (default: refused, shown as placeholders)",
+    )
     p.add_argument("--title", default=Options.title, help="page title")
     return p.parse_args(argv)
 
@@ -96,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         max_bytes=args.max_bytes,
         allowed_schemes=args.allowed_schemes,
+        allow_private_hosts=args.allow_private_hosts,
         title=args.title,
     )
     try:

@@ -70,6 +70,7 @@ class ReportData:
 
     source: str
     files: list[str]
+    output_is_local: bool = False  # the output is on this machine's filesystem
     rows: int = 0
     labelled: int = 0
     failed: int = 0
@@ -108,4 +109,5 @@ class Options:
     workers: int = DEFAULT_WORKERS
     max_bytes: int = DEFAULT_MAX_BYTES
     allowed_schemes: tuple[str, ...] = DEFAULT_ALLOWED_SCHEMES
+    allow_private_hosts: bool = False  # also: read local files when the output is not local
     title: str = "Image labelling report"

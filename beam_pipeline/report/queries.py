@@ -51,7 +51,9 @@ def _prediction(uri: str, label: str | None, score: float | None, top_k: Any, wi
 def gather(output: str, options: Options) -> ReportData:
     """Run the bounded DuckDB queries over the shards named by ``output``."""
     fs, files = resolve_inputs(output)
-    data = ReportData(source=output, files=[fs.unstrip_protocol(p) for p in files])
+    data = ReportData(
+        source=output, files=[fs.unstrip_protocol(p) for p in files], output_is_local=isinstance(fs, LocalFileSystem)
+    )
     data.success = read_success(fs, files)
 
     con = duckdb.connect(config={"preserve_insertion_order": False})

@@ -20,8 +20,10 @@ from beam_pipeline.outputs import SUCCESS_FILE
 from beam_pipeline.report.charts import label_chart, score_chart
 from beam_pipeline.report.data import Options, Prediction, ReportData
 from beam_pipeline.report.text import basename, esc, fmt_score, fmt_time, pct, plural, shorten
+from beam_pipeline.report.thumbnails import Thumbnail
 
 MAX_SUCCESS_KEYS = 200
+MAX_REASON = 140  # characters of why a thumbnail was refused, on its card (all of it on hover)
 
 
 @functools.cache
@@ -33,7 +35,7 @@ def _resource(name: str) -> str:
 class _Renderer:
     """Builds the page from ``ReportData``."""
 
-    def __init__(self, data: ReportData, options: Options, thumbs: dict[str, str | None]) -> None:
+    def __init__(self, data: ReportData, options: Options, thumbs: dict[str, Thumbnail]) -> None:
         self.data = data
         self.options = options
         self.thumbs = thumbs
@@ -117,10 +119,15 @@ class _Renderer:
         )
 
     def _figure(self, p: Prediction, flag: str = "") -> str:
-        src = self.thumbs.get(p.uri)
+        thumb = self.thumbs.get(p.uri) or Thumbnail()
         title = esc(shorten(p.uri, 2000))
-        if src:
-            visual = f'<img class="thumb" src="{src}" alt="{esc(shorten(basename(p.uri), 200))}">'
+        if thumb.src:
+            visual = f'<img class="thumb" src="{thumb.src}" alt="{esc(shorten(basename(p.uri), 200))}">'
+        elif thumb.refused:
+            visual = (
+                f'<div class="placeholder" title="{esc(shorten(thumb.refused))}">refused'
+                f'<span class="reason">{esc(shorten(thumb.refused, MAX_REASON))}</span></div>'
+            )
         else:
             visual = '<div class="placeholder">thumbnail unavailable</div>'
         dims = f" \u00b7 {p.width}\u00d7{p.height}" if p.width and p.height else ""
@@ -221,6 +228,6 @@ class _Renderer:
         return "\n".join(parts)
 
 
-def render(data: ReportData, options: Options, thumbs: dict[str, str | None]) -> str:
-    """Return the complete HTML page for ``data``; ``thumbs`` maps URI to data URI (None: placeholder)."""
+def render(data: ReportData, options: Options, thumbs: dict[str, Thumbnail]) -> str:
+    """Return the complete HTML page for ``data``; ``thumbs`` maps URI to its thumbnail (missing: placeholder)."""
     return _Renderer(data, options, thumbs).render()
