@@ -20,7 +20,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from html.parser import HTMLParser
 from pathlib import Path
@@ -305,13 +304,11 @@ def e2e(pipeline_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     """The report of the real run, its path and the run's rows."""
     out = tmp_path_factory.mktemp("report") / "report.html"
     args = [str(pipeline_run / "labels"), "--html", str(out), "--review", str(E2E_REVIEW), "--margin", str(E2E_MARGIN)]
-    start = time.monotonic()
     assert report.main([*args, "--per-label", str(E2E_PER_LABEL)]) == 0
-    elapsed = time.monotonic() - start
     shards = sorted(p for p in pipeline_run.iterdir() if p.name.endswith(".parquet"))
     assert shards, f"the pipeline wrote no Parquet shards in {pipeline_run}: {os.listdir(pipeline_run)}"
     table = pa.concat_tables([pq.read_table(p) for p in shards], promote_options="default")
-    return {"path": out, "page": out.read_text(encoding="utf-8"), "table": table, "dir": pipeline_run, "s": elapsed}
+    return {"path": out, "page": out.read_text(encoding="utf-8"), "table": table, "dir": pipeline_run}
 
 
 def test_e2e_totals(e2e: dict[str, Any]) -> None:
@@ -329,7 +326,6 @@ def test_e2e_totals(e2e: dict[str, Any]) -> None:
     for kind in {r["error_type"] for r in failed}:
         n = sum(1 for r in failed if r["error_type"] == kind)
         assert f'<tr><td>{html.escape(kind)}</td><td class="num">{n}</td></tr>' in page
-    assert e2e["s"] < 60, f"report of 8 rows took {e2e['s']:.1f}s"
 
 
 def test_e2e_success_summary(e2e: dict[str, Any]) -> None:
@@ -510,7 +506,7 @@ def test_thumbnail_cap(tmp_path: Path) -> None:
 
 
 def test_million_rows_bounded(tmp_path: Path) -> None:
-    """A million-row run is aggregated by DuckDB in seconds and yields a capped page."""
+    """A million-row run is aggregated by DuckDB and yields a capped page."""
     n, shards = 1_000_000, 4
     rng = np.random.default_rng(0)
     names = np.array([f"class {i}" for i in range(1000)], dtype=object)
@@ -543,12 +539,9 @@ def test_million_rows_bounded(tmp_path: Path) -> None:
             }
         ).cast(schema)
         pq.write_table(table, tmp_path / f"labels-{s:05d}-of-{shards:05d}.parquet")
-    start = time.monotonic()
     page = render(str(tmp_path / "labels"), tmp_path)
-    elapsed = time.monotonic() - start
     assert card_value(page, "rows") == n
     assert card_value(page, "distinct labels") == 1000
-    assert elapsed < 60, f"report of {n} rows took {elapsed:.1f}s"
     assert len(page.encode()) < 3_000_000
     assert page.count('class="placeholder"') <= DEFAULT_MAX_THUMBNAILS
     assert page.count('<tr><td class="wrap">') == DEFAULT_MAX_FAILED
