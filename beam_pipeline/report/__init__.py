@@ -1,0 +1,31 @@
+"""Render a run's Parquet output as one self-contained, offline HTML report.
+
+Usage::
+
+    python -m beam_pipeline.report 'gs://bucket/run/labels-*.parquet' --html report.html
+
+The input is any fsspec path: a glob, a directory of shards, a single file, or the
+``--output`` prefix given to the pipeline (``out/labels`` means ``out/labels*``).
+DuckDB aggregates and samples the Parquet files (``queries``), so only aggregates and a
+few sampled rows reach Python. The page embeds everything it shows (CSS, matplotlib
+charts as inline SVG, thumbnails as base64 JPEG ``data:`` URIs) and fetches nothing,
+so it opens offline in any browser (``render``).
+"""
+
+from beam_pipeline.report.cli import build_report, main
+from beam_pipeline.report.data import Options, ReportData, ReportError
+from beam_pipeline.report.queries import gather
+from beam_pipeline.report.render import render
+from beam_pipeline.report.thumbnails import make_thumbnail, make_thumbnails
+
+__all__ = [
+    "Options",
+    "ReportData",
+    "ReportError",
+    "build_report",
+    "gather",
+    "main",
+    "make_thumbnail",
+    "make_thumbnails",
+    "render",
+]

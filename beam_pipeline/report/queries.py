@@ -1,0 +1,185 @@
+"""DuckDB over a run's Parquet output: the bounded queries that gather everything the page shows.
+
+All aggregation and sampling is done by DuckDB over the Parquet files, so the report costs bounded time and
+memory whatever the number of rows; only the aggregates and the few sampled rows ever reach Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from beam_pipeline.report.data import SCORE_BINS, Failure, Options, Prediction, ReportData, ReportError
+from beam_pipeline.report.files import read_success, resolve_inputs
+from beam_pipeline.report.text import MAX_TEXT
+from beam_pipeline.schema import LEADING_FIELDS, RESULT_FIELDS, STATUS_OK
+
+# Output columns the report does without (it then shows no image sizes, models or time range).
+OPTIONAL_COLUMNS = frozenset({"width", "height", "model", "labelled_at"})
+REQUIRED_COLUMNS = tuple(f.name for f in LEADING_FIELDS + RESULT_FIELDS if f.name not in OPTIONAL_COLUMNS)
+MAX_ERROR_TYPES = 50
+MAX_MODELS = 20
+
+
+def _duckdb_paths(con: duckdb.DuckDBPyConnection, fs: fsspec.AbstractFileSystem, files: list[str]) -> list[str]:
+    """Paths DuckDB can open: local ones as they are, others through the registered fsspec filesystem."""
+    if isinstance(fs, LocalFileSystem):
+        return files
+    con.register_filesystem(fs)  # a fresh connection per report: nothing registered yet
+    return [fs.unstrip_protocol(p) for p in files]
+
+
+def _prediction(uri: str, label: str | None, score: float | None, top_k: Any, width: Any, height: Any) -> Prediction:
+    top = tuple(
+        (str(item.get("label") or item.get("class_id") or "?"), float(item.get("score") or 0.0))
+        for item in (top_k or [])[:3]
+        if item is not None
+    )
+    return Prediction(
+        uri=uri,
+        label=label,
+        score=None if score is None else float(score),
+        top=top,
+        width=width,
+        height=height,
+    )
+
+
+def gather(output: str, options: Options) -> ReportData:
+    """Run the bounded DuckDB queries over the shards named by ``output``."""
+    fs, files = resolve_inputs(output)
+    data = ReportData(
+        source=output, files=[fs.unstrip_protocol(p) for p in files], output_is_local=isinstance(fs, LocalFileSystem)
+    )
+    data.success = read_success(fs, files)
+
+    con = duckdb.connect(config={"preserve_insertion_order": False})
+    try:
+        paths = _duckdb_paths(con, fs, files)
+        con.read_parquet(paths, union_by_name=True).create_view("t")
+        columns = {row[0] for row in con.execute("DESCRIBE t").fetchall()}
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise ReportError(f"{output!r} is not an image labeller output: missing columns {', '.join(missing)}")
+        has = columns.__contains__
+        _gather_totals(con, data, has)
+        _gather_labels(con, data, options, has)
+        _gather_failures(con, data, options)
+    finally:
+        con.close()
+    return data
+
+
+def _gather_totals(con: duckdb.DuckDBPyConnection, data: ReportData, has: Any) -> None:
+    ok = f"status = '{STATUS_OK}'"
+    data.rows, data.labelled, data.distinct_labels = con.execute(
+        f"SELECT count(*), count(*) FILTER ({ok}), count(DISTINCT label) FILTER ({ok}) FROM t"
+    ).fetchone()
+    data.failed = data.rows - data.labelled
+    data.error_types = con.execute(
+        f"""SELECT coalesce(error_type, status, '(unknown)') AS kind, count(*) AS n FROM t
+            WHERE status IS DISTINCT FROM '{STATUS_OK}' GROUP BY kind ORDER BY n DESC, kind LIMIT {MAX_ERROR_TYPES}"""
+    ).fetchall()
+    if has("model"):
+        data.models = con.execute(
+            f"""SELECT coalesce(model, '(none)') AS m, count(*) AS n FROM t WHERE {ok}
+                GROUP BY m ORDER BY n DESC, m LIMIT {MAX_MODELS}"""
+        ).fetchall()
+    if has("labelled_at"):
+        data.first_labelled_at, data.last_labelled_at = con.execute(
+            "SELECT min(labelled_at), max(labelled_at) FROM t"
+        ).fetchone()
+
+
+def _gather_labels(con: duckdb.DuckDBPyConnection, data: ReportData, options: Options, has: Any) -> None:
+    ok = f"status = '{STATUS_OK}'"
+    size = "width, height" if has("width") and has("height") else "NULL AS width, NULL AS height"
+    cols = f"coalesce(uri, '') AS uri, label, score, top_k, {size}"
+    data.label_counts = [
+        (str(label), int(n), float(mean or 0.0))
+        for label, n, mean in con.execute(
+            f"""SELECT coalesce(label, '(none)') AS l, count(*) AS n, avg(score) FROM t WHERE {ok}
+                GROUP BY l ORDER BY n DESC, l LIMIT $n""",
+            {"n": max(options.top_labels, 0)},
+        ).fetchall()
+    ]
+    hist = con.execute(
+        f"""SELECT least(greatest(floor(score * {SCORE_BINS}), 0), {SCORE_BINS - 1})::INTEGER AS b, count(*)
+            FROM t WHERE {ok} AND score IS NOT NULL AND NOT isnan(score) GROUP BY b"""
+    ).fetchall()
+    for b, n in hist:
+        data.score_hist[int(b)] = int(n)
+
+    budget = max(options.max_thumbnails, 0)
+    review = min(max(options.review, 0), budget)
+    data.lowest = [
+        _prediction(*row)
+        for row in con.execute(
+            f"SELECT {cols} FROM t WHERE {ok} AND score IS NOT NULL ORDER BY score, uri LIMIT $n", {"n": review}
+        ).fetchall()
+    ]
+    budget -= len(data.lowest)
+    margin = "(top_k[1].score - top_k[2].score)"
+    close_where = f"{ok} AND len(top_k) >= 2 AND {margin} < $m"
+    data.close_call_count = con.execute(
+        f"SELECT count(*) FROM t WHERE {close_where}", {"m": options.margin}
+    ).fetchone()[0]
+    params: dict[str, Any] = {"m": options.margin, "n": min(max(options.review, 0), budget)}
+    if data.lowest:  # skip the rows already listed: those up to the last one in (score, uri) order
+        close_where += " AND (score IS NULL OR score > $s OR (score = $s AND uri > $u))"
+        params.update(s=data.lowest[-1].score, u=data.lowest[-1].uri)
+    data.close_calls = [
+        _prediction(*row)
+        for row in con.execute(
+            f"SELECT {cols} FROM t WHERE {close_where} ORDER BY {margin}, uri LIMIT $n", params
+        ).fetchall()
+    ]
+    budget -= len(data.close_calls)
+
+    # Thumbnail grids: most frequent labels first, each a deterministic pseudo-random
+    # sample (smallest hash(uri)); arg_min(..., n) keeps only n rows per label in memory.
+    per_label = max(options.per_label, 0)
+    grid_labels: list[tuple[str, int]] = []
+    remaining = budget
+    counts = con.execute(
+        f"SELECT label, count(*) AS n FROM t WHERE {ok} AND label IS NOT NULL GROUP BY label ORDER BY n DESC, label"
+        " LIMIT $n",
+        {"n": max(budget, 0) + 1},
+    ).fetchall()
+    for label, n in counts:
+        take = min(per_label, int(n))
+        if take <= 0 or take > remaining:
+            break
+        grid_labels.append((label, int(n)))
+        remaining -= take
+    data.labels_without_grid = data.distinct_labels - len(grid_labels)
+    if not grid_labels:
+        return
+    sampled = con.execute(
+        f"""SELECT label, arg_min({{'uri': uri, 'score': score, 'top_k': top_k, 'width': width, 'height': height}},
+                                  hash(uri), $k) AS sample
+            FROM (SELECT {cols} FROM t WHERE {ok} AND list_contains($labels, label))
+            GROUP BY label""",
+        {"k": per_label, "labels": [label for label, _ in grid_labels]},
+    ).fetchall()
+    by_label = {label: sample for label, sample in sampled}
+    for label, n in grid_labels:
+        preds = [
+            _prediction(s["uri"], label, s["score"], s["top_k"], s["width"], s["height"])
+            for s in sorted(by_label.get(label) or [], key=lambda s: -(s["score"] or 0.0))
+        ]
+        data.samples.append((label, n, preds))
+
+
+def _gather_failures(con: duckdb.DuckDBPyConnection, data: ReportData, options: Options) -> None:
+    data.failures = [
+        Failure(uri, error_type, error)
+        for uri, error_type, error in con.execute(
+            f"""SELECT coalesce(uri, '') AS uri, error_type, left(error, {MAX_TEXT * 2}) FROM t
+                WHERE status IS DISTINCT FROM '{STATUS_OK}' ORDER BY error_type NULLS LAST, uri LIMIT $n""",
+            {"n": max(options.max_failed, 0)},
+        ).fetchall()
+    ]
