@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import random
 import socket
@@ -18,7 +17,6 @@ DEFAULT_ALLOWED_SCHEMES = ("file", "gs", "gcs", "s3", "memory", "http", "https")
 DEFAULT_READ_RETRIES = 3
 BACKOFF_SECONDS = 0.2  # first retry delay; doubled each time, with jitter, capped at BACKOFF_CAP_SECONDS
 BACKOFF_CAP_SECONDS = 10.0
-_TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE, errno.EAGAIN}
 
 
 def scheme_of(uri: str) -> str:
@@ -35,7 +33,10 @@ def read_image_bytes(
     retries: int = 0,
     allow_private_hosts: bool = True,
 ) -> bytes:
-    """Returns the file's bytes; raises ImageInputError or the filesystem's own (last) error."""
+    """Returns the file's bytes; raises ImageInputError or the filesystem's own permanent error.
+
+    A failure that is still transient after `retries` retries becomes a ReadError marked transient.
+    """
     if uri is None or not uri.strip():
         raise errors.ImageInputError(errors.EMPTY_URI, "the row has no URI")
     scheme = scheme_of(uri)
@@ -52,8 +53,10 @@ def read_image_bytes(
         try:
             return _read(uri, max_bytes, options)
         except Exception as exc:
-            if attempt == retries or not is_transient(exc):
+            if not errors.is_transient_read_failure(exc):
                 raise
+            if attempt == retries:
+                raise _gave_up(exc, attempt + 1) from exc
             delay = min(BACKOFF_CAP_SECONDS, BACKOFF_SECONDS * 2**attempt)
             time.sleep(delay * random.uniform(0.5, 1.0))
     raise AssertionError("unreachable")
@@ -70,18 +73,11 @@ def _read(uri: str, max_bytes: int, options: dict) -> bytes:
     return data
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether a read error may go away on retry: timeouts, connection resets, HTTP 429 and 5xx."""
-    if isinstance(exc, (errors.ImageInputError, FileNotFoundError, IsADirectoryError, PermissionError)):
-        return False
-    if isinstance(exc, (TimeoutError, ConnectionError)):
-        return True
-    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
-        return True
-    status = next(
-        (getattr(exc, a) for a in ("status", "status_code", "code") if isinstance(getattr(exc, a, None), int)), None
-    )
-    return status is not None and (status == 429 or 500 <= status < 600)
+def _gave_up(exc: Exception, attempts: int) -> errors.ImageInputError:
+    """The ReadError a still-transient failure ends as."""
+    detail = str(exc) if isinstance(exc, errors.ImageInputError) else errors.describe(exc)
+    plural = "s" if attempts > 1 else ""
+    return errors.ImageInputError(errors.READ_ERROR, f"{detail} ({attempts} attempt{plural})", transient=True)
 
 
 def check_public_host(uri: str) -> None:

@@ -1,15 +1,17 @@
-"""Flaky storage is retried, private hosts are refused, and a run with too many failures exits non-zero."""
+"""Flaky storage is retried, private hosts are refused, failures are permanent or transient, and a run with too
+many failures exits non-zero."""
 
 from __future__ import annotations
 
 import collections
+import socket
 
 import fsspec
 import pytest
 from conftest import read_output, run_job, serve_folder
 from fsspec.implementations.memory import MemoryFileSystem
 
-from beam_pipeline import reading
+from beam_pipeline import errors, reading
 
 SCHEMES = "file,memory,flaky,http"
 
@@ -65,7 +67,7 @@ def test_retries_are_bounded(tmp_path, flaky, monkeypatch, tiny_model, labels_fi
     args = ["--input", manifest, "--output", prefix, "--model", tiny_model, "--labels", labels_file]
     assert run_job(*args, "--allowed-schemes", SCHEMES, "--read-retries", "1") == 0
     (row,) = read_output(prefix).to_pylist()
-    assert row["error_type"] == "ReadError" and "ConnectionResetError" in row["error"]
+    assert row["error_type"] == "ReadError" and "ConnectionResetError" in row["error"] and "2 attempts" in row["error"]
     assert FlakyFileSystem.opens["/photos/hot_dog.jpg"] == 2
 
 
@@ -110,4 +112,67 @@ def test_uri_scheme_check_is_unit_level():
     with pytest.raises(Exception) as info:
         reading.read_image_bytes("ftp://x/y.jpg", max_bytes=10, allowed_schemes=("file",))
     assert getattr(info.value, "error_type", None) == "UnsupportedScheme"
-    assert not reading.is_transient(FileNotFoundError("x")) and reading.is_transient(TimeoutError())
+
+
+def test_a_read_still_failing_transiently_after_its_retries_is_a_transient_read_error(flaky, monkeypatch):
+    monkeypatch.setattr(reading, "BACKOFF_SECONDS", 0.01)
+    with pytest.raises(errors.ImageInputError) as info:
+        reading.read_image_bytes("flaky://photos/hot_dog.jpg", max_bytes=10**7, allowed_schemes=("flaky",), retries=1)
+    assert info.value.error_type == "ReadError" and info.value.transient is True
+    assert errors.is_transient(info.value, errors.error_type_of(info.value, while_reading=True))
+
+
+class ReadTimeoutError(Exception):
+    """Named like botocore's, which is no TimeoutError."""
+
+
+class ServiceUnavailable(Exception):
+    status = 503
+
+
+class BadRequest(Exception):
+    status = 400
+
+
+PERMANENT_TYPES = [
+    "BadManifestRow", "EmptyUri", "UnsupportedScheme", "BlockedHost", "NotFound", "IsADirectory", "FileTooLarge",
+    "EmptyFile", "NotAnImage", "ImageTooLarge", "CorruptImage",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("error_type", PERMANENT_TYPES)
+def test_input_errors_are_permanent(error_type):
+    assert not errors.is_transient(errors.ImageInputError(error_type, "x"), error_type)
+
+
+@pytest.mark.parametrize(
+    ("exc", "error_type", "transient"),
+    [
+        (FileNotFoundError("x"), "NotFound", False),
+        (IsADirectoryError("x"), "IsADirectory", False),
+        (ValueError("broken PNG"), "CorruptImage", False),
+        (RuntimeError("OOM in the model"), "InferenceError", True),
+        (KeyError("bug"), "UnexpectedError", True),
+        (errors.ImageInputError("ReadError", "forbidden (HTTP 403)", transient=False), "ReadError", False),
+        (
+            errors.ImageInputError("ReadError", "redirect not followed (HTTP 302 to /x)", transient=False),
+            "ReadError",
+            False,
+        ),
+        (errors.ImageInputError("ReadError", "timed out (2 attempts)", transient=True), "ReadError", True),
+        (errors.ImageInputError("ReadError", "HTTP 503 Service Unavailable", transient=True), "ReadError", True),
+        (PermissionError("denied"), "ReadError", False),
+        (OSError("Forbidden: bucket/key"), "ReadError", False),
+        (TimeoutError(), "ReadError", True),
+        (ReadTimeoutError(), "ReadError", True),
+        (ConnectionResetError(), "ReadError", True),
+        (ConnectionRefusedError(), "ReadError", True),
+        (socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"), "ReadError", True),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "ReadError", False),
+        (ServiceUnavailable(), "ReadError", True),
+        (BadRequest(), "ReadError", False),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+)
+def test_row_level_transience(exc, error_type, transient):
+    assert errors.is_transient(exc, error_type) is transient
