@@ -1,6 +1,6 @@
 """The run's final step, inside the pipeline: reconcile rows in against rows written, publish, write `_SUCCESS`.
 
-It runs after Beam's sink has finished its shards in the run's staging folder (it takes their names as a side
+It runs after the sink (sink.py) has finished its files in the run's staging folder (it takes their names as a side
 input), from counts the pipeline computed itself, so a run finishes properly even when its launcher is gone
 (Dataflow, schedulers). Shards are published (renamed into place) only when every input row is accounted for;
 `_SUCCESS` is written either way, with `status` ok or failed and the problems found.
@@ -13,12 +13,14 @@ import dataclasses
 import datetime
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import outputs
 from beam_pipeline.schema import STATUS_ERROR, STATUS_OK
+from beam_pipeline.sink import write_empty_file
 
 STATUS_FAILED = "failed"
 TOP_LABELS = 10
@@ -31,6 +33,7 @@ class RunInfo:
     run_id: str
     started_at: datetime.datetime
     output: str
+    schema: pa.Schema
     overwrite: bool
     model_id: str
     model_spec: str
@@ -60,6 +63,14 @@ class RowStats(beam.CombineFn):
                 merged[key].update(counter)
         return merged
 
+    def from_output(self, output: dict) -> dict[str, collections.Counter]:
+        """The accumulator an extracted output came from (top labels beyond TOP_LABELS are not kept)."""
+        return {
+            "status": collections.Counter(output["status_counts"]),
+            "error_type": collections.Counter(output["errors_by_type"]),
+            "label": collections.Counter(dict(output["top_labels"])),
+        }
+
     def extract_output(self, acc: dict[str, collections.Counter]) -> dict:
         return {
             "rows": sum(acc["status"].values()),
@@ -72,8 +83,9 @@ class RowStats(beam.CombineFn):
 class FinalizeRun(beam.PTransform):
     """Writes `_SUCCESS` once the shards are final: the run's summary, with `status` ok or failed.
 
-    Inputs (a dict of PCollections): `shards` (the sink's final file names), `rows_in` (rows entering the job after
-    expansion), `rows_skipped` (left out by --skip-labelled), `row_stats` (RowStats over the rows sent to the sink).
+    Inputs (a dict of PCollections): `shards` (the staged files the rows were written to), `rows_in` (rows entering
+    the job after expansion), `rows_skipped` (left out by --skip-labelled), `row_stats` (RowStats of each branch of
+    rows sent to the sink).
     Output: the summary record, also written as JSON to `_SUCCESS`.
     """
 
@@ -92,14 +104,19 @@ class FinalizeRun(beam.PTransform):
                 shards=beam.pvalue.AsList(inputs["shards"]),
                 rows_in=beam.pvalue.AsSingleton(inputs["rows_in"]),
                 rows_skipped=beam.pvalue.AsSingleton(inputs["rows_skipped"]),
-                row_stats=beam.pvalue.AsSingleton(inputs["row_stats"]),
+                row_stats=beam.pvalue.AsList(inputs["row_stats"]),
             )
         )
 
 
-def finalize_run(_, *, info: RunInfo, shards: list[str], rows_in: int, rows_skipped: int, row_stats: dict) -> dict:
+def finalize_run(
+    _, *, info: RunInfo, shards: list[str], rows_in: int, rows_skipped: int, row_stats: list[dict]
+) -> dict:
     """Reconciles the counts, publishes the staged shards if every row is there, writes `_SUCCESS`; returns it."""
-    staged = sorted(shards)
+    row_stats = merge_stats(row_stats)
+    staged = sorted(shards) or [
+        write_empty_file(outputs.staging_prefix(info.output, info.run_id) + "-empty.parquet", info.schema)
+    ]
     rows_written = count_rows(staged)
     problems = reconcile(rows_in=rows_in, rows_skipped=rows_skipped, rows_sent=row_stats["rows"], written=rows_written)
     if not problems and not info.overwrite and outputs.final_shards(info.output):
@@ -136,6 +153,12 @@ def finalize_run(_, *, info: RunInfo, shards: list[str], rows_in: int, rows_skip
     outputs.write_success(info.output, record)
     outputs.remove_staging(info.output, info.run_id)
     return record
+
+
+def merge_stats(stats: list[dict]) -> dict:
+    """RowStats outputs of several branches of rows, added up."""
+    fn = RowStats()
+    return fn.extract_output(fn.merge_accumulators(fn.from_output(s) for s in stats))
 
 
 def reconcile(*, rows_in: int, rows_skipped: int, rows_sent: int, written: int) -> list[str]:

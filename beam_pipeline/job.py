@@ -9,7 +9,7 @@ import uuid
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline import inputs, labels, models, outputs
+from beam_pipeline import incremental, inputs, labels, models, outputs
 from beam_pipeline.preprocess import ResizeMode
 
 
@@ -46,7 +46,7 @@ class JobConfig:
     allow_private_hosts: bool
     read_retries: int
     max_error_fraction: float
-    skip_labelled: str | None
+    earlier_shards: tuple[str, ...]  # --skip-labelled: earlier output shards whose finished URIs are left out
     relabel_errors: bool
     large_model: bool
 
@@ -66,6 +66,10 @@ def prepare(flags) -> JobConfig:
         carried = inputs.carried_schema(specs, flags.uri_column)
     except inputs.InputError as exc:
         raise LaunchError("--input", str(exc)) from exc
+    try:
+        earlier_shards = tuple(incremental.find_earlier_shards(flags.skip_labelled)) if flags.skip_labelled else ()
+    except incremental.EarlierOutputError as exc:
+        raise LaunchError("--skip-labelled", str(exc)) from exc
     try:
         model_ref = models.resolve(flags.model)
         classifier = models.load(model_ref)
@@ -117,7 +121,7 @@ def prepare(flags) -> JobConfig:
         allow_private_hosts=flags.allow_private_hosts,
         read_retries=flags.read_retries,
         max_error_fraction=flags.max_error_fraction,
-        skip_labelled=flags.skip_labelled,
+        earlier_shards=earlier_shards,
         relabel_errors=flags.relabel_errors,
         large_model=flags.large_model,
     )

@@ -150,14 +150,16 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--skip-labelled",
-        metavar="GLOB",
-        help="Parquet output of earlier runs (a glob, e.g. 'out/dt=*/labels-*.parquet'): inputs whose URI it holds "
-        "for the same --model are not labelled again (joined inside the pipeline).",
+        metavar="GLOB_OR_FOLDER",
+        help="Output of earlier runs (a folder or a glob, e.g. 'out/dt=*/*'; only this job's published shards count): "
+        "inputs it labelled, or that failed permanently, with the same --model are not labelled again; transient "
+        "failures are retried (joined inside the pipeline).",
     )
     group.add_argument(
         "--relabel-errors",
         action="store_true",
-        help="With --skip-labelled: retry URIs whose earlier row is an error (default: they count as done).",
+        help="With --skip-labelled: retry every URI whose earlier row is an error, permanent ones too (default: only "
+        "transient failures are retried).",
     )
     group.add_argument(
         "--large-model",

@@ -72,19 +72,25 @@ def other_prefixes(prefix: str) -> list[str]:
     return sorted(found)
 
 
-def publish(staged: list[str], prefix: str, *, replace: bool) -> list[str]:
-    """Renames staged shards to PREFIX-SSSSS-of-NNNNN.parquet; with `replace`, deletes PREFIX's other shards.
+def shard_names(prefix: str, count: int) -> list[str]:
+    """PREFIX-00000-of-NNNNN.parquet ... for `count` shards (Beam's default shard name template)."""
+    return [f"{prefix}-{i:05d}-of-{count:05d}{SHARD_SUFFIX}" for i in range(count)]
 
-    Safe to repeat after a partial attempt: a shard already moved is skipped.
+
+def publish(staged: list[str], prefix: str, *, replace: bool) -> list[str]:
+    """Renames staged files (in sorted order) to PREFIX-SSSSS-of-NNNNN.parquet and returns the new names; with
+    `replace`, deletes PREFIX's other shards and every staging folder beside it.
+
+    Safe to repeat after a partial attempt: a file already moved is skipped.
     """
-    folder = folder_of(prefix)
-    final = [FileSystems.join(folder, FileSystems.split(path)[1]) for path in staged]
+    staged = sorted(staged)
+    final = shard_names(prefix, len(staged))
     pending = [(src, dst) for src, dst in zip(staged, final) if FileSystems.exists(src) or not FileSystems.exists(dst)]
     if pending:
         FileSystems.rename([src for src, _ in pending], [dst for _, dst in pending])
     if replace:
         stale = sorted(set(final_shards(prefix)) - set(final))
-        staging = FileSystems.match([FileSystems.join(folder, f"{STAGING_FOLDER}*")])
+        staging = FileSystems.match([FileSystems.join(folder_of(prefix), f"{STAGING_FOLDER}*")])
         stale += [m.path for r in staging for m in r.metadata_list]
         if stale:
             FileSystems.delete(stale)

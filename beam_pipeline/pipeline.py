@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
@@ -16,8 +15,7 @@ from beam_pipeline.inputs import ExpandInputs
 from beam_pipeline.job import JobConfig
 from beam_pipeline.records import METRICS_NAMESPACE, error_row, labelled_row
 from beam_pipeline.schema import output_schema
-
-PARQUET_CODEC = "snappy"  # Beam's WriteToParquet default is no compression
+from beam_pipeline.sink import WriteParquetFiles
 
 
 def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) -> beam.PCollection:
@@ -28,31 +26,34 @@ def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) 
     """
     rows = pipeline | "ExpandInputs" >> ExpandInputs(job.inputs, job.uri_column, job.carried, spread=spread_rows)
     rows_in = rows | "CountRowsIn" >> beam.combiners.Count.Globally()
-    if job.skip_labelled:
+    if job.earlier_shards:
         rows, rows_skipped = rows | "SkipLabelled" >> SkipLabelled(
-            job.skip_labelled, job.model.model_id, job.relabel_errors
+            list(job.earlier_shards), job.model.model_id, job.relabel_errors
         )
     else:
         rows_skipped = pipeline | "NoneSkipped" >> beam.Create([0])
-    output_rows = rows | "LabelRows" >> LabelRows(job, decode_in_flight=None if spread_rows else 2 * job.max_batch_size)
-    shards = output_rows | "WriteParquet" >> WriteToParquet(
-        outputs.staging_prefix(job.output, job.run_id),
-        schema=output_schema(job.carried),
-        codec=PARQUET_CODEC,
-        use_compliant_nested_type=True,
-        file_name_suffix=outputs.SHARD_SUFFIX,
-    )
-    row_stats = output_rows | "RowStats" >> beam.CombineGlobally(RowStats())
+    branches = rows | "LabelRows" >> LabelRows(job, decode_in_flight=None if spread_rows else 2 * job.max_batch_size)
+    # Each branch of rows is written and counted on its own: FnApiRunner materialises every multi-input Flatten,
+    # which would hold the whole output in memory (measured: +2 KB per row). Only file names and counts are merged.
+    staging = outputs.staging_prefix(job.output, job.run_id)
+    files, stats = [], []
+    for name, branch in branches.items():
+        files.append(branch | f"Write{name}" >> WriteParquetFiles(staging, output_schema(job.carried)))
+        stats.append(branch | f"Count{name}" >> beam.CombineGlobally(RowStats()))
     return {
-        "shards": shards,
+        "shards": files | "AllFiles" >> beam.Flatten(),
+        "row_stats": stats | "AllCounts" >> beam.Flatten(),
         "rows_in": rows_in,
         "rows_skipped": rows_skipped,
-        "row_stats": row_stats,
     } | "Finalize" >> FinalizeRun(run_info(job))
 
 
 class LabelRows(beam.PTransform):
-    """Input rows -> output rows, one each: decoded and labelled, or an error row saying why not."""
+    """Input rows -> output rows, one each: decoded and labelled, or an error row saying why not.
+
+    The output is a dict of three PCollections of rows: `Labelled`, `Failed` (could not be read or decoded) and
+    `InferenceFailed` (the model raised on their batch).
+    """
 
     def __init__(self, job: JobConfig, *, decode_in_flight: int | None = None):
         super().__init__()
@@ -89,7 +90,7 @@ class LabelRows(beam.PTransform):
         inference_failed = dead_letters.failed_inferences | "InferenceErrorRows" >> beam.FlatMap(
             _inference_error_rows, model_id=job.model.model_id
         )
-        return (labelled, decoded[FAILED_TAG], inference_failed) | "AllRows" >> beam.Flatten()
+        return {"Labelled": labelled, "Failed": decoded[FAILED_TAG], "InferenceFailed": inference_failed}
 
 
 def run_info(job: JobConfig) -> RunInfo:
@@ -97,6 +98,7 @@ def run_info(job: JobConfig) -> RunInfo:
         run_id=job.run_id,
         started_at=job.started_at,
         output=job.output,
+        schema=output_schema(job.carried),
         overwrite=job.overwrite,
         model_id=job.model.model_id,
         model_spec=job.model.spec,

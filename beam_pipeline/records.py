@@ -7,7 +7,7 @@ import datetime
 from apache_beam.ml.inference.base import PredictionResult
 
 from beam_pipeline import errors
-from beam_pipeline.schema import STATUS_ERROR, STATUS_OK
+from beam_pipeline.schema import ERROR_KIND_PERMANENT, ERROR_KIND_TRANSIENT, STATUS_ERROR, STATUS_OK
 
 METRICS_NAMESPACE = "beam_image_labeller"
 
@@ -23,6 +23,7 @@ def labelled_row(row: dict, prediction: PredictionResult) -> dict:
         **row,
         "status": STATUS_OK,
         "error_type": None,
+        "error_kind": None,
         "error": None,
         "label": top_k[0]["label"],
         "score": top_k[0]["score"],
@@ -38,6 +39,7 @@ def error_row(row: dict, exc: BaseException, *, error_type: str, model_id: str) 
         **row,
         "status": STATUS_ERROR,
         "error_type": error_type,
+        "error_kind": ERROR_KIND_TRANSIENT if errors.is_transient(exc, error_type) else ERROR_KIND_PERMANENT,
         "error": errors.describe(exc),
         "label": None,
         "score": None,

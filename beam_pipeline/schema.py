@@ -6,6 +6,9 @@ import pyarrow as pa
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+# error_kind of an error row: a permanent failure stays failed on a rerun; a transient one may not (see errors.py).
+ERROR_KIND_PERMANENT = "permanent"
+ERROR_KIND_TRANSIENT = "transient"
 
 TOP_K_TYPE = pa.list_(
     pa.struct(
@@ -22,6 +25,7 @@ LEADING_FIELDS = [pa.field("uri", pa.string())]
 RESULT_FIELDS = [
     pa.field("status", pa.string(), nullable=False),
     pa.field("error_type", pa.string()),
+    pa.field("error_kind", pa.string()),
     pa.field("error", pa.string()),
     pa.field("label", pa.string()),
     pa.field("score", pa.float32()),

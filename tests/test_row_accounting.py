@@ -61,7 +61,9 @@ def test_a_lost_row_fails_the_run_loudly(tmp_path, shared, tiny_model, labels_fi
     label_rows = pipeline.LabelRows.expand
 
     def expand_dropping_one_row(self, rows):
-        return label_rows(self, rows) | "DropOneRow" >> beam.Filter(lambda row: not row["uri"].endswith(dropped))
+        branches = label_rows(self, rows)
+        keep = beam.Filter(lambda row: not row["uri"].endswith(dropped))
+        return {**branches, "Labelled": branches["Labelled"] | "DropOneRow" >> keep}
 
     monkeypatch.setattr(pipeline.LabelRows, "expand", expand_dropping_one_row)
     prefix = tmp_path / "out" / "labels"

@@ -1,0 +1,101 @@
+"""Writes output rows to Parquet files in the run's staging folder: one file per bundle, row groups streamed.
+
+Beam's WriteToParquet is the obvious choice and was used until it was measured holding every row in memory on the
+local runner: its write step takes a side input, and FnApiRunner never fuses such a step with the stage that
+produces the rows, so the whole output PCollection is buffered before the first byte is written (peak RSS 0.85 GB
+at 1,000 rows, 1.3 GB at 200,000, 1.7 GB at 400,000). This DoFn writes inside the producing stage instead, with the
+same contract as Beam's sink: a bundle writes one uniquely named file and outputs its name only if it commits, so a
+retried bundle's file is never published. The run's final step (finalize.py) names and publishes the files.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
+
+PARQUET_CODEC = "snappy"
+BATCH_ROWS = 2_000  # rows converted to Arrow at a time
+ROW_GROUP_BYTES = 32 << 20  # Arrow bytes buffered before a row group is written
+
+
+class WriteParquetFiles(beam.PTransform):
+    """Rows -> the names of the Parquet files they were written to, under `prefix` (a staging prefix)."""
+
+    def __init__(self, prefix: str, schema: pa.Schema):
+        super().__init__()
+        self._prefix = prefix
+        self._schema = schema
+
+    def expand(self, rows):
+        return rows | "WriteBundles" >> beam.ParDo(_WriteBundle(self._prefix, self._schema))
+
+
+class _WriteBundle(beam.DoFn):
+    def __init__(self, prefix: str, schema: pa.Schema):
+        self._prefix = prefix
+        self._schema = schema
+        self._writer: ParquetFileWriter | None = None
+
+    def start_bundle(self) -> None:
+        self._writer = None
+
+    def process(self, row: dict) -> None:
+        if self._writer is None:
+            self._writer = ParquetFileWriter(f"{self._prefix}-{uuid.uuid4().hex}.parquet", self._schema)
+        self._writer.add(row)
+
+    def finish_bundle(self):
+        if self._writer is not None:
+            yield GlobalWindows.windowed_value(self._writer.close())
+            self._writer = None
+
+
+class ParquetFileWriter:
+    """A Parquet file on any Beam filesystem, written a row group at a time from dict rows."""
+
+    def __init__(self, path: str, schema: pa.Schema):
+        self.path = path
+        self._schema = schema
+        self._file = FileSystems.create(path)
+        self._writer = pq.ParquetWriter(self._file, schema, compression=PARQUET_CODEC, use_compliant_nested_type=True)
+        self._rows: list[dict] = []
+        self._batches: list[pa.RecordBatch] = []
+        self._batched_bytes = 0
+
+    def add(self, row: dict) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= BATCH_ROWS:
+            self._to_arrow()
+            if self._batched_bytes >= ROW_GROUP_BYTES:
+                self._write_row_group()
+
+    def close(self) -> str:
+        """Writes what is buffered, closes the file and returns its path."""
+        self._to_arrow()
+        self._write_row_group()
+        self._writer.close()
+        self._file.close()
+        return self.path
+
+    def _to_arrow(self) -> None:
+        if self._rows:
+            batch = pa.RecordBatch.from_pylist(self._rows, schema=self._schema)
+            self._batches.append(batch)
+            self._batched_bytes += batch.nbytes
+            self._rows = []
+
+    def _write_row_group(self) -> None:
+        if self._batches:
+            self._writer.write_table(pa.Table.from_batches(self._batches, schema=self._schema), row_group_size=None)
+            self._batches = []
+            self._batched_bytes = 0
+
+
+def write_empty_file(path: str, schema: pa.Schema) -> str:
+    """A valid Parquet file with the schema and no rows (a run over an empty input still publishes one shard)."""
+    return ParquetFileWriter(path, schema).close()
