@@ -34,6 +34,7 @@ class DecodeImage(beam.DoFn):
         allowed_schemes: tuple[str, ...],
         allow_private_hosts: bool,
         read_retries: int,
+        read_timeout: float,
         model_id: str,
     ):
         self._size = size
@@ -43,6 +44,7 @@ class DecodeImage(beam.DoFn):
         self._allowed_schemes = allowed_schemes
         self._allow_private_hosts = allow_private_hosts
         self._read_retries = read_retries
+        self._read_timeout = read_timeout
         self._model_id = model_id
         self._read = Metrics.counter(METRICS_NAMESPACE, "images_read")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
@@ -63,6 +65,7 @@ class DecodeImage(beam.DoFn):
                 max_bytes=self._max_bytes,
                 allowed_schemes=self._allowed_schemes,
                 retries=self._read_retries,
+                timeout=self._read_timeout,
                 allow_private_hosts=self._allow_private_hosts,
             )
             stage_is_read = False

@@ -43,6 +43,7 @@ class JobConfig:
     allowed_schemes: tuple[str, ...]
     allow_private_hosts: bool
     read_retries: int
+    read_timeout: float
     max_error_fraction: float
     skip_labelled: str | None
     relabel_errors: bool
@@ -111,6 +112,7 @@ def prepare(flags) -> JobConfig:
         allowed_schemes=tuple(flags.allowed_schemes),
         allow_private_hosts=flags.allow_private_hosts,
         read_retries=flags.read_retries,
+        read_timeout=flags.read_timeout,
         max_error_fraction=flags.max_error_fraction,
         skip_labelled=flags.skip_labelled,
         relabel_errors=flags.relabel_errors,

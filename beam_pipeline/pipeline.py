@@ -41,6 +41,7 @@ def build(pipeline: beam.Pipeline, job: JobConfig) -> None:
             allowed_schemes=job.allowed_schemes,
             allow_private_hosts=job.allow_private_hosts,
             read_retries=job.read_retries,
+            read_timeout=job.read_timeout,
             model_id=job.model.model_id,
         )
     ).with_outputs(FAILED_TAG, main="decoded")
