@@ -16,7 +16,7 @@ setup(
         "tensorflow>=2.16,<2.22; platform_system != 'Linux' or platform_machine != 'x86_64'",
         "huggingface_hub>=0.23,<3",
         "pillow>=10,<13",
-        "fsspec>=2024.3",
+        "fsspec[http]>=2024.3",  # http(s) reads need aiohttp, which beam_pipeline.reading also uses directly
         "pyarrow>=14,<26",
         "numpy>=1.26,<3",
     ],

@@ -43,6 +43,7 @@ class DecodeImage(beam.DoFn):
         allowed_schemes: tuple[str, ...],
         allow_private_hosts: bool,
         read_retries: int,
+        read_timeout: float,
         model_id: str,
         threads: int | None = None,
         in_flight: int | None = None,
@@ -54,6 +55,7 @@ class DecodeImage(beam.DoFn):
         self._allowed_schemes = allowed_schemes
         self._allow_private_hosts = allow_private_hosts
         self._read_retries = read_retries
+        self._read_timeout = read_timeout
         self._model_id = model_id
         self._threads = threads
         self._in_flight_limit = in_flight
@@ -112,6 +114,7 @@ class DecodeImage(beam.DoFn):
                 max_bytes=self._max_bytes,
                 allowed_schemes=self._allowed_schemes,
                 retries=self._read_retries,
+                timeout=self._read_timeout,
                 allow_private_hosts=self._allow_private_hosts,
             )
             stage_is_read = False

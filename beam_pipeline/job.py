@@ -45,6 +45,7 @@ class JobConfig:
     allowed_schemes: tuple[str, ...]
     allow_private_hosts: bool
     read_retries: int
+    read_timeout: float
     max_error_fraction: float
     earlier_shards: tuple[str, ...]  # --skip-labelled: earlier output shards whose finished URIs are left out
     relabel_errors: bool
@@ -120,6 +121,7 @@ def prepare(flags) -> JobConfig:
         allowed_schemes=tuple(flags.allowed_schemes),
         allow_private_hosts=flags.allow_private_hosts,
         read_retries=flags.read_retries,
+        read_timeout=flags.read_timeout,
         max_error_fraction=flags.max_error_fraction,
         earlier_shards=earlier_shards,
         relabel_errors=flags.relabel_errors,

@@ -10,7 +10,7 @@ import argparse
 
 from beam_pipeline.labels import DEFAULT_LABELS_URL
 from beam_pipeline.preprocess import RESIZE_MODES
-from beam_pipeline.reading import DEFAULT_ALLOWED_SCHEMES, DEFAULT_READ_RETRIES
+from beam_pipeline.reading import DEFAULT_ALLOWED_SCHEMES, DEFAULT_READ_RETRIES, DEFAULT_READ_TIMEOUT
 
 DEFAULT_MODEL = "hf://Dimitre/mobilenet_v3_small"
 DEFAULT_RESIZE = "center-crop"  # measured: top-1 77% vs 70% (squash) on ../shared/images/imagenet-sample-100
@@ -38,6 +38,16 @@ def _fraction(value: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value!r}") from None
     if not 0 <= number <= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {number}")
+    return number
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
     return number
 
 
@@ -141,6 +151,13 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_READ_RETRIES,
         help="Retries of a read that failed transiently (timeouts, resets, HTTP 429/5xx), with exponential backoff "
         f"(default: {DEFAULT_READ_RETRIES}).",
+    )
+    group.add_argument(
+        "--read-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_READ_TIMEOUT,
+        help="Seconds one read attempt may wait to connect, and then for each next part of the response, on http(s), "
+        f"gs and s3; then it is retried per --read-retries (default: {DEFAULT_READ_TIMEOUT:g}).",
     )
     group.add_argument(
         "--max-error-fraction",

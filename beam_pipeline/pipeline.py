@@ -79,6 +79,7 @@ class LabelRows(beam.PTransform):
                 allowed_schemes=job.allowed_schemes,
                 allow_private_hosts=job.allow_private_hosts,
                 read_retries=job.read_retries,
+                read_timeout=job.read_timeout,
                 model_id=job.model.model_id,
                 in_flight=self._decode_in_flight,
             )
