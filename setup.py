@@ -29,6 +29,8 @@ setup(
         "samples": ["scikit-image>=0.22", "matplotlib>=3.8"],
         # beam-image-labeller-report: DuckDB queries the output, matplotlib draws the charts.
         "report": ["duckdb>=1.0", "matplotlib>=3.8"],
+        # benchmarks/runner_layouts.py: RSS of each run's whole process tree (multi_processing workers included).
+        "bench": ["psutil>=5.9"],
         "test": [
             "pytest>=8",
             "build>=1",  # the sdist test builds what --setup_file ships to Dataflow workers
