@@ -30,6 +30,7 @@ from beam_pipeline.schema import RESERVED_NAMES
 MANIFEST_FORMATS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _GLOB_CHARS = frozenset("*?[")
+MANIFEST_BATCH_ROWS = 8192  # Parquet manifest rows turned into dicts at a time
 TXT_COMMENT = "#"  # .txt manifest lines starting with it are comments
 MANIFEST_ERROR_KEY = "_manifest_error"  # set on rows that could not be parsed; read (and dropped) by the decode step
 _SCHEMA_SAMPLE_LINES = 1000  # JSON Lines manifests: rows read at launch to infer the carried columns' types
@@ -257,7 +258,7 @@ def _read_manifest(path: str, manifest_format: str, uri_column: str, carried: pa
         else:
             parquet = pq.ParquetFile(f)  # one footer read: its schema picks the columns this file has
             columns = [uri_column] + [n for n in carried.names if n in parquet.schema_arrow.names]
-            for batch in parquet.iter_batches(columns=columns):
+            for batch in parquet.iter_batches(batch_size=MANIFEST_BATCH_ROWS, columns=columns):
                 yield from batch.to_pylist()
 
 

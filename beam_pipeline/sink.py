@@ -20,7 +20,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 PARQUET_CODEC = "snappy"
 BATCH_ROWS = 2_000  # rows converted to Arrow at a time
-ROW_GROUP_BYTES = 32 << 20  # Arrow bytes buffered before a row group is written
+ROW_GROUP_BYTES = 16 << 20  # Arrow bytes buffered before a row group is written
 
 
 class WriteParquetFiles(beam.PTransform):
