@@ -11,7 +11,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
 from beam_pipeline import errors
-from beam_pipeline.inputs import MANIFEST_ERROR_KEY
+from beam_pipeline.manifests import MANIFEST_ERROR_KEY
 from beam_pipeline.models import default_num_threads
 from beam_pipeline.preprocess import ResizeMode, decode_image
 from beam_pipeline.reading import read_image_bytes

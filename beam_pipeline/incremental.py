@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from fsspec.core import split_protocol
 
 from beam_pipeline import errors
-from beam_pipeline.inputs import MANIFEST_ERROR_KEY
+from beam_pipeline.manifests import MANIFEST_ERROR_KEY
 from beam_pipeline.schema import ERROR_KIND_PERMANENT, ERROR_KIND_TRANSIENT, STATUS_ERROR, STATUS_OK
 
 SKIPPED_TAG = "skipped"

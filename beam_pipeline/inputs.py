@@ -9,8 +9,6 @@ API, and pyarrow's streaming readers take fsspec file objects directly.
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import posixpath
 import re
 from collections.abc import Iterator
@@ -19,21 +17,16 @@ from pathlib import PurePosixPath
 import apache_beam as beam
 import fsspec
 import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.json as pa_json
-import pyarrow.parquet as pq
 from fsspec.core import split_protocol
 from fsspec.utils import glob_translate
 
+from beam_pipeline import manifests
+from beam_pipeline.manifests import MANIFEST_ERROR_KEY
 from beam_pipeline.schema import RESERVED_NAMES
 
 MANIFEST_FORMATS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _GLOB_CHARS = frozenset("*?[")
-MANIFEST_BATCH_ROWS = 8192  # Parquet manifest rows turned into dicts at a time
-TXT_COMMENT = "#"  # .txt manifest lines starting with it are comments
-MANIFEST_ERROR_KEY = "_manifest_error"  # set on rows that could not be parsed; read (and dropped) by the decode step
-_SCHEMA_SAMPLE_LINES = 1000  # JSON Lines manifests: rows read at launch to infer the carried columns' types
 
 
 class InputError(ValueError):
@@ -113,27 +106,42 @@ def _walk_images(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
 def carried_schema(specs: list[InputSpec], uri_column: str) -> pa.Schema:
     """The manifest columns other than the URI column, with their types, unified over all manifests.
 
-    Only headers, footers or a first block are read: this runs in the launcher.
+    Runs in the launcher, reading footers, headers and JSON Lines keys only (manifests.manifest_schema).
     """
-    schemas = []
+    schemas: list[tuple[str, pa.Schema]] = []
     for spec in specs:
         if spec.manifest_format in (None, "txt"):
             continue
         for path in _matching_files(spec):
-            schema = _manifest_schema(path, spec.manifest_format)
-            if uri_column not in schema.names:
-                raise InputError(f"manifest {path} has no column {uri_column!r} (set --uri-column)")
-            schemas.append(schema.remove(schema.get_field_index(uri_column)))
+            try:
+                schema = manifests.manifest_schema(path, spec.manifest_format, uri_column)
+            except manifests.ManifestError as exc:
+                raise InputError(str(exc)) from exc
+            schemas.append((path, schema.remove(schema.get_field_index(uri_column))))
     if not schemas:
         return pa.schema([])
+    _check_agreement(schemas)
     try:
-        unified = pa.unify_schemas(schemas)
+        unified = pa.unify_schemas([schema for _, schema in schemas])
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InputError(f"manifests disagree on column types: {exc}") from exc
     clashes = sorted(RESERVED_NAMES.intersection(unified.names))
     if clashes:
         raise InputError(f"manifest columns {clashes} clash with output columns; rename them")
     return unified
+
+
+def _check_agreement(schemas: list[tuple[str, pa.Schema]]) -> None:
+    """Fails naming the column and both files when two manifests give one column different types."""
+    seen: dict[str, tuple[str, pa.DataType]] = {}
+    for path, schema in schemas:
+        for field in schema:
+            first = seen.setdefault(field.name, (path, field.type))
+            known = not pa.types.is_null(first[1]) and not pa.types.is_null(field.type)
+            if known and first[1] != field.type:
+                raise InputError(
+                    f"column {field.name!r} is {first[1]} in manifest {first[0]} but {field.type} in manifest {path}"
+                )
 
 
 class ExpandInputs(beam.PTransform):
@@ -162,7 +170,7 @@ def expand_input(spec: InputSpec, *, uri_column: str, carried: pa.Schema) -> Ite
             yield {"uri": uri, **dict.fromkeys(carried.names)}
         return
     for path in _matching_files(spec):
-        for row in _read_manifest(path, spec.manifest_format, uri_column, carried):
+        for row in manifests.read_manifest(path, spec.manifest_format, uri_column, carried):
             uri = row.pop(uri_column, None)
             out = {"uri": _resolve(uri, path), **{name: row.get(name) for name in carried.names}}
             if MANIFEST_ERROR_KEY in row:
@@ -201,76 +209,3 @@ def _matching_files(spec: InputSpec) -> list[str]:
     fs, path = fsspec.core.url_to_fs(spec.path)
     protocol, _ = split_protocol(spec.path)
     return [fs.unstrip_protocol(p) if protocol else p for p in _lazy_glob(fs, path)]
-
-
-def _manifest_schema(path: str, manifest_format: str) -> pa.Schema:
-    with fsspec.open(path, "rb") as f:
-        if manifest_format == "parquet":
-            return pq.read_schema(f)
-        if manifest_format == "csv":
-            skip_bad_rows = pa_csv.ParseOptions(invalid_row_handler=lambda row: "skip")  # they say nothing of types
-            return pa_csv.open_csv(f, parse_options=skip_bad_rows).schema
-        sample = []
-        for line in f:
-            try:
-                row = json.loads(line) if line.strip() else None
-            except json.JSONDecodeError:
-                continue  # malformed lines become error rows later; they say nothing about the columns
-            if isinstance(row, dict):
-                sample.append(line.strip())
-            if len(sample) >= _SCHEMA_SAMPLE_LINES:
-                break
-        if not sample:
-            return pa.schema([])
-        return pa_json.read_json(io.BytesIO(b"\n".join(sample))).schema
-
-
-def _read_manifest(path: str, manifest_format: str, uri_column: str, carried: pa.Schema) -> Iterator[dict]:
-    """Streams a manifest's rows as dicts, in record batches (never the whole file at once)."""
-    with fsspec.open(path, "rb") as f:
-        if manifest_format == "txt":
-            # Undecodable bytes become U+FFFD: such a URI then fails as one NotFound row instead of the whole file.
-            # utf-8-sig drops a byte order mark; blank lines and # comments are not rows.
-            for line in io.TextIOWrapper(f, encoding="utf-8-sig", errors="replace"):
-                if line.strip() and not line.lstrip().startswith(TXT_COMMENT):
-                    yield {uri_column: line.strip()}
-        elif manifest_format == "jsonl":
-            for line in f:
-                if line.strip():
-                    yield _json_row(line, uri_column)
-        elif manifest_format == "csv":
-            types = {uri_column: pa.string(), **{field.name: field.type for field in carried}}
-            bad_rows: list[str] = []
-
-            def keep_bad_row(row) -> str:
-                bad_rows.append(row.text)
-                return "skip"
-
-            reader = pa_csv.open_csv(
-                f,
-                convert_options=pa_csv.ConvertOptions(column_types=types),
-                parse_options=pa_csv.ParseOptions(invalid_row_handler=keep_bad_row),
-            )
-            for batch in reader:
-                yield from batch.to_pylist()
-                while bad_rows:
-                    yield _bad_row(uri_column, f"a CSV row with the wrong number of fields: {bad_rows.pop(0)!r}")
-        else:
-            parquet = pq.ParquetFile(f)  # one footer read: its schema picks the columns this file has
-            columns = [uri_column] + [n for n in carried.names if n in parquet.schema_arrow.names]
-            for batch in parquet.iter_batches(batch_size=MANIFEST_BATCH_ROWS, columns=columns):
-                yield from batch.to_pylist()
-
-
-def _json_row(line: bytes, uri_column: str) -> dict:
-    """One JSON Lines row; a line that is not a JSON object becomes a BadManifestRow error row."""
-    try:
-        row = json.loads(line)
-    except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
-        return _bad_row(uri_column, f"a line that is not JSON: {line[:200]!r}")
-    return row if isinstance(row, dict) else _bad_row(uri_column, f"a JSON line that is not an object: {line[:200]!r}")
-
-
-def _bad_row(uri_column: str, problem: str) -> dict:
-    """A manifest row that could not be parsed: it still comes out, as a BadManifestRow error row."""
-    return {uri_column: None, MANIFEST_ERROR_KEY: problem}

@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_job
+from conftest import run_job, shared_dir
+
+PHOTOS = shared_dir() / "images" / "photos"  # an --input that exists and holds images
 
 
 def test_help_lists_the_job_flags():
@@ -26,7 +28,7 @@ def test_help_lists_the_job_flags():
 )
 def test_bad_values_fail_in_one_line(tmp_path, args, flag, words, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_job("--input", tmp_path, "--output", tmp_path / "out", *args)
+        run_job("--input", PHOTOS, "--output", tmp_path / "out", *args)
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and flag in message and words in message
@@ -48,7 +50,7 @@ def test_missing_input(tmp_path, tiny_model, labels_file, capsys):
 
 def test_unknown_model_scheme(tmp_path, labels_file, capsys):
     message = _launch_error(
-        capsys, "--input", tmp_path, "--output", tmp_path / "o", "--model", "ftp2://x/model", "--labels", labels_file
+        capsys, "--input", PHOTOS, "--output", tmp_path / "o", "--model", "ftp2://x/model", "--labels", labels_file
     )
     assert "--model" in message and "ftp2" in message
 
@@ -57,7 +59,7 @@ def test_unreadable_labels(tmp_path, tiny_model, capsys):
     message = _launch_error(
         capsys,
         "--input",
-        tmp_path,
+        PHOTOS,
         "--output",
         tmp_path / "o",
         "--model",
@@ -72,7 +74,7 @@ def test_label_count_must_match_the_model(tmp_path, tiny_model, capsys):
     short = tmp_path / "ten.txt"
     short.write_text("\n".join(f"class {i}" for i in range(10)))
     message = _launch_error(
-        capsys, "--input", tmp_path, "--output", tmp_path / "o", "--model", tiny_model, "--labels", short
+        capsys, "--input", PHOTOS, "--output", tmp_path / "o", "--model", tiny_model, "--labels", short
     )
     assert "--labels" in message and "10 labels" in message and "1001" in message
 
@@ -83,7 +85,7 @@ def test_unwritable_output(tmp_path, tiny_model, labels_file, capsys):
     message = _launch_error(
         capsys,
         "--input",
-        tmp_path,
+        PHOTOS,
         "--output",
         blocker / "sub" / "labels",
         "--model",

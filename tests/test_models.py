@@ -7,11 +7,13 @@ import shutil
 from pathlib import Path
 
 import fsspec
-from conftest import read_output, run_cli, run_job, serve_folder
+from conftest import read_output, run_cli, run_job, serve_folder, shared_dir
 
 from beam_pipeline import labels as labels_module
 
 TFHUB_HANDLE = "https://tfhub.dev/google/imagenet/mobilenet_v3_small_100_224/classification/5"
+
+PHOTOS = shared_dir() / "images" / "photos"  # an --input that exists and holds images
 
 
 def test_tfhub_handle_from_a_prepopulated_cache(tmp_path, float_model, labels_file, shared):
@@ -69,7 +71,7 @@ def test_a_folder_without_a_model_fails_at_launch(tmp_path, labels_file, capsys)
     assert (
         run_job(
             "--input",
-            tmp_path,
+            PHOTOS,
             "--output",
             tmp_path / "o",
             "--model",
