@@ -37,11 +37,8 @@ MODEL = ModelRef("fake://classifier", "savedmodel")
 LABELS = [f"class {i}" for i in range(256)]
 SIZE = (16, 12)  # the model's input (width, height)
 TOP_K = 3
-TOP_SCORES = (
-    0.6,
-    0.3,
-    0.1,
-)  # the fake model's probabilities for classes v, v + 1, v + 2 of an image whose first pixel is v
+# The fake model's probabilities for classes v, v + 1 and v + 2 of an image whose first pixel is v.
+TOP_SCORES = (0.6, 0.3, 0.1)
 POISON = frozenset(range(10, 16))  # the fake model raises on a batch holding an image whose first pixel is one of these
 CARRIED = pa.schema([pa.field("id", pa.int64())])
 
@@ -242,10 +239,7 @@ def test_decode_sends_every_row_once_to_decoded_or_failed(tmp_path, threads, in_
             | beam.Create(rows)
             | beam.ParDo(decode_image(threads=threads, in_flight=in_flight)).with_outputs(FAILED_TAG, main="decoded")
         )
-        decoded = out.decoded | "Summarise" >> beam.MapTuple(
-            lambda row, pixels: (row["uri"], row["id"], row["width"], row["height"], pixels.shape, pixels.dtype.name,
-                                 int(pixels[0, 0, 0]), int(pixels.min(axis=(0, 1))[0]))
-        )  # fmt: skip
+        decoded = out.decoded | "Summarise" >> beam.MapTuple(_decoded_summary)
         failed = out[FAILED_TAG] | "ErrorTypes" >> beam.Map(
             lambda row: (row["uri"], row["id"], row["error_type"], row["model"], MANIFEST_ERROR_KEY in row)
         )
@@ -275,6 +269,21 @@ def test_decode_sends_every_row_once_to_decoded_or_failed(tmp_path, threads, in_
             valid_rows(broken, output_schema(CARRIED), _error_row_checker(broken)),
             label="failed rows are output rows",
         )
+
+
+def _decoded_summary(row: dict, pixels: np.ndarray) -> tuple:
+    """What the decoded output must hold: the row with its original size, and uniform model-sized uint8 pixels."""
+    red = pixels[..., 0]
+    return (
+        row["uri"],
+        row["id"],
+        row["width"],
+        row["height"],
+        pixels.shape,
+        pixels.dtype.name,
+        int(red[0, 0]),
+        int(red.min()),
+    )
 
 
 def _error_row_checker(expected: dict[str | None, str]) -> Callable[[dict], None]:
@@ -509,6 +518,8 @@ def test_every_row_of_a_batch_the_model_raises_on_is_an_inference_error_row(
                 raise BeamAssertException(f"{error!r} is not the error of the batch holding {sorted(values)}")
         if max_batch_size == 1 and {len(v) for v in batches.values()} != {1}:
             raise BeamAssertException(f"batches of one expected: {batches}")
+        if max_batch_size == 1 and {e.split(":")[0] for e in batches} != {"RuntimeError", "ModelCrashed"}:
+            raise BeamAssertException(f"both exception types expected: {sorted(batches)}")
         if min_batch_size > 1 and max(map(len, batches.values()), default=0) < 2:
             raise BeamAssertException(f"no failed batch held a good image too, so this tested nothing: {batches}")
 
