@@ -115,9 +115,28 @@ def _count_labelled(row: dict, prediction) -> dict:
 
 
 def _inference_error_rows(failed_batch, *, model_id: str):
-    """A batch the model raised on: every row in it becomes an InferenceError row."""
-    batch, exc = failed_batch
+    """A batch the model raised on: every row in it becomes an InferenceError row naming what the model raised."""
+    batch, exc_info = failed_batch
+    error = _dead_letter_error(*exc_info)
     for row, _pixels in batch:
         Metrics.counter(METRICS_NAMESPACE, "images_failed").inc()
         Metrics.counter(METRICS_NAMESPACE, f"failed_{errors.INFERENCE_ERROR}").inc()
-        yield error_row(row, exc, error_type=errors.INFERENCE_ERROR, model_id=model_id)
+        # error_row describes an exception object, which the dead letter does not carry: `error` is set from its text.
+        failed = error_row(row, Exception(error), error_type=errors.INFERENCE_ERROR, model_id=model_id)
+        yield {**failed, "error": error}
+
+
+def _dead_letter_error(exc_type: type, exc_repr: str, formatted_traceback: list[str]) -> str:
+    """`ExceptionType: message` (errors.describe's form) from what RunInference's dead-letter output carries.
+
+    `failed_inferences` holds (batch, (exception type, repr(exception), traceback.format_exception lines)), not the
+    exception itself, so its message is read back from the traceback's exception line, whose text is str(exception).
+    """
+    name = exc_type.__qualname__
+    if exc_type.__module__ not in ("builtins", "__main__"):
+        name = f"{exc_type.__module__}.{name}"  # how the traceback module names the type
+    for line in reversed(formatted_traceback):
+        if line.startswith(f"{name}: ") or line.rstrip("\n") == name:
+            message = line[len(name) + 2 :].rstrip("\n")
+            return f"{exc_type.__name__}: {message}"
+    return f"{exc_type.__name__}: {exc_repr}"

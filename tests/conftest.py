@@ -18,6 +18,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_ENV = "LABELLER_SHARED_DIR"
 TINY_CLASSES = 1001
+# Tests that use one of these fixtures load a TensorFlow model or run the whole job, so they are marked slow.
+SLOW_FIXTURES = frozenset({"tiny_model", "float_model", "tflite_model", "pipeline_run"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks `slow` every test that uses a model or end-to-end fixture (directly or through another fixture)."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def shared_dir() -> Path:

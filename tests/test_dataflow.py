@@ -22,6 +22,7 @@ EXPECTED_STEPS = {"ExpandInputs", "CountRowsIn", "LabelRows", "WriteParquet", "R
 EXPECTED_LABELLING_STEPS = {"Decode", "Classify", "LabelledRows", "InferenceErrorRows", "AllRows"}
 
 
+@pytest.mark.slow  # builds the sdist and pip-installs it in subprocesses
 def test_sdist_installs_and_imports_as_on_a_worker(tmp_path):
     """Dataflow workers pip-install the sdist that --setup_file builds; do the same into an empty target."""
     subprocess.run(

@@ -505,6 +505,7 @@ def test_thumbnail_cap(tmp_path: Path) -> None:
     assert card_value(empty, "rows") == 0 and thumbnails(empty) == []
 
 
+@pytest.mark.slow  # writes and aggregates a million rows
 def test_million_rows_bounded(tmp_path: Path) -> None:
     """A million-row run is aggregated by DuckDB and yields a capped page."""
     n, shards = 1_000_000, 4
@@ -595,6 +596,7 @@ def test_local_files_not_embedded_from_remote_output(tmp_path: Path) -> None:
 # ------------------------------------------------------------ packaging and layout
 
 
+@pytest.mark.slow  # starts two Python subprocesses that import Beam
 def test_job_import_loads_no_report_dependency() -> None:
     """Importing the job (as Dataflow workers do) loads neither DuckDB nor matplotlib; the report loads DuckDB."""
     probe = "import sys, {}; print(sorted(m for m in ('duckdb', 'matplotlib') if m in sys.modules))"
@@ -613,6 +615,7 @@ def test_report_columns_are_the_job_schema() -> None:
     assert not set(queries.REQUIRED_COLUMNS) & queries.OPTIONAL_COLUMNS
 
 
+@pytest.mark.slow  # builds the sdist and pip-installs it in subprocesses
 def test_installed_sdist_console_script_and_module(tmp_path: Path) -> None:
     """The sdist ships the page template and CSS: its console script and `-m` both write the same full page."""
     subprocess.run(

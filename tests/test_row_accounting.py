@@ -19,6 +19,7 @@ from beam_pipeline.cli import local_defaults
 ROWS = 200_000
 
 
+@pytest.mark.slow  # runs 200k elements through Beam
 def test_default_local_layout_keeps_every_element_of_the_beam_reproduction():
     """The 5-line reproduction of Beam 2.77's multi_threading loss, on the job's default local layout."""
     with beam.Pipeline(options=PipelineOptions(local_defaults([]))) as p:
