@@ -29,6 +29,9 @@ setup(
         "samples": ["scikit-image>=0.22", "matplotlib>=3.8"],
         # beam-image-labeller-report: DuckDB queries the output, matplotlib draws the charts.
         "report": ["duckdb>=1.0", "matplotlib>=3.8"],
+        # --iceberg-table: the run's final step commits its shards with pyiceberg (add the catalog's own extra, e.g.
+        # pyiceberg[sql-postgres] or pyiceberg[glue]; sqlite is enough on one machine).
+        "iceberg": ["pyiceberg[sql-sqlite]>=0.9,<1"],
         # benchmarks/runner_layouts.py: RSS of each run's whole process tree (multi_processing workers included).
         "bench": ["psutil>=5.9"],
         "test": [
@@ -42,6 +45,8 @@ setup(
             "matplotlib>=3.8",
             "duckdb>=1.0",
             "pandas>=2",
+            "pyiceberg[sql-sqlite]>=0.9,<1",  # the two-night warehouse test commits to a local Iceberg table
+            "hypothesis>=6",  # property-style tests of the one-row-per-input invariant
         ],
     },
     entry_points={

@@ -2,8 +2,9 @@
 
 It runs after the sink (sink.py) has finished its files in the run's staging folder (it takes their names as a side
 input), from counts the pipeline computed itself, so a run finishes properly even when its launcher is gone
-(Dataflow, schedulers). Shards are published (renamed into place) only when every input row is accounted for;
-`_SUCCESS` is written either way, with `status` ok or failed and the problems found.
+(Dataflow, schedulers). Shards are published (renamed into place) only when every input row is accounted for, then
+committed to the Iceberg table if one is given; `_SUCCESS` is written either way, last, with `status` ok or failed
+and the problems found.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import outputs
+from beam_pipeline.iceberg import IcebergTarget
 from beam_pipeline.schema import STATUS_ERROR, STATUS_OK
 from beam_pipeline.sink import write_empty_file
 
@@ -35,6 +37,7 @@ class RunInfo:
     output: str
     schema: pa.Schema
     overwrite: bool
+    iceberg: IcebergTarget | None
     model_id: str
     model_spec: str
     model_revision: str | None
@@ -122,6 +125,12 @@ def finalize_run(
     if not problems and not info.overwrite and outputs.final_shards(info.output):
         problems.append(f"another run published shards at {info.output} while this one ran (--overwrite replaces)")
     published = [] if problems else outputs.publish(staged, info.output, replace=info.overwrite)
+    snapshot = None
+    if published and info.iceberg is not None:
+        try:
+            snapshot = info.iceberg.commit(published, info.schema, info.run_id)
+        except Exception as exc:  # noqa: BLE001 - the run's shards stay published; the failure is the run's status
+            problems.append(f"commit to Iceberg table {info.iceberg.table} failed: {type(exc).__name__}: {exc}")
     failed = row_stats["status_counts"][STATUS_ERROR]
     if rows_written and failed / rows_written > info.max_error_fraction:
         problems.append(
@@ -149,6 +158,7 @@ def finalize_run(
         "backend": info.backend,
         "output_prefix": info.output,
         "shards": published,
+        "iceberg": {"table": info.iceberg.table, "snapshot_id": snapshot} if info.iceberg else None,
     }
     outputs.write_success(info.output, record)
     outputs.remove_staging(info.output, info.run_id)

@@ -10,6 +10,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import incremental, inputs, labels, models, outputs
+from beam_pipeline.iceberg import IcebergError, IcebergTarget
 from beam_pipeline.preprocess import ResizeMode
 
 
@@ -50,6 +51,7 @@ class JobConfig:
     earlier_shards: tuple[str, ...]  # --skip-labelled: earlier output shards whose finished URIs are left out
     relabel_errors: bool
     large_model: bool
+    iceberg: IcebergTarget | None
 
 
 def prepare(flags) -> JobConfig:
@@ -87,6 +89,12 @@ def prepare(flags) -> JobConfig:
         )
     if flags.top_k > classifier.num_classes:
         raise LaunchError("--top-k", f"{flags.top_k} is more than the model's {classifier.num_classes} classes")
+    iceberg = IcebergTarget(flags.iceberg_table, flags.iceberg_catalog) if flags.iceberg_table else None
+    if iceberg is not None:
+        try:
+            iceberg.check()
+        except IcebergError as exc:
+            raise LaunchError("--iceberg-table", str(exc)) from exc
     started_at = datetime.datetime.now(datetime.timezone.utc)
     run_id = outputs.new_run_id(started_at)
     output = outputs.expand_prefix(flags.output, now=started_at, run_id=run_id)
@@ -126,6 +134,7 @@ def prepare(flags) -> JobConfig:
         earlier_shards=earlier_shards,
         relabel_errors=flags.relabel_errors,
         large_model=flags.large_model,
+        iceberg=iceberg,
     )
 
 

@@ -179,6 +179,18 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
         "transient failures are retried).",
     )
     group.add_argument(
+        "--iceberg-table",
+        metavar="NAMESPACE.TABLE",
+        help="Also commit the run's shards to this Apache Iceberg table, in one snapshot, in the run's final step "
+        "(created from the output schema on first use; needs the `iceberg` extra).",
+    )
+    group.add_argument(
+        "--iceberg-catalog",
+        default="default",
+        help="The pyiceberg catalog: a name from .pyiceberg.yaml, or properties inline, e.g. "
+        "'type=sql,uri=sqlite:///PATH/catalog.db,warehouse=file:///PATH' (default: the catalog named default).",
+    )
+    group.add_argument(
         "--large-model",
         action="store_true",
         help="Share one model per machine instead of one per worker process (Beam's share_model_across_processes).",

@@ -101,6 +101,7 @@ def run_info(job: JobConfig) -> RunInfo:
         output=job.output,
         schema=output_schema(job.carried),
         overwrite=job.overwrite,
+        iceberg=job.iceberg,
         model_id=job.model.model_id,
         model_spec=job.model.spec,
         model_revision=job.model.revision,

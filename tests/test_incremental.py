@@ -52,3 +52,18 @@ def test_other_model_output_does_not_count(tmp_path, shared, tiny_model, float_m
     args = ["--input", manifest, "--output", out / "b" / "labels", "--model", float_model, "--labels", labels_file]
     assert run_job(*args, "--skip-labelled", str(out / "*" / "labels-*.parquet")) == 0
     assert read_output(out / "b" / "labels").num_rows == len(photos)
+
+
+def test_skip_labelled_refuses_parquet_that_is_not_this_jobs_output(tmp_path, shared, tiny_model, labels_file, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "earlier").mkdir()
+    pq.write_table(pa.table({"path": ["a.jpg"]}), tmp_path / "earlier" / "labels-00000-of-00001.parquet")
+    (tmp_path / "earlier" / "_SUCCESS").write_text("{}")
+    photos = shared / "images" / "photos"
+    args = ["--model", tiny_model, "--labels", labels_file, "--skip-labelled", str(tmp_path / "earlier")]
+    assert run_job("--input", photos, "--output", tmp_path / "out" / "labels", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("beam-image-labeller: error: argument --skip-labelled: ") and "no column 'uri'" in err
+    assert "\n" not in err
