@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import logging
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 
 PROG = "beam-image-labeller"
 LOCAL_RUNNER = "FnApiRunner"  # the DirectRunner's batch engine, without its attempt to download Prism
@@ -47,22 +51,85 @@ def local_defaults(beam_args: list[str]) -> list[str]:
     return beam_args + [f"--{name}={value}" for name, value in defaults.items() if name not in given]
 
 
+def unknown_flag(beam_args: list[str], parser: argparse.ArgumentParser) -> str | None:
+    """A message for the first argument neither the job nor Beam's pipeline options define, else None.
+
+    Beam ignores options it does not know, so a misspelt flag would otherwise silently change a run.
+    """
+    from apache_beam.options import pipeline_options
+
+    beam_parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)
+    for options_class in _subclasses(pipeline_options.PipelineOptions):
+        options_class._add_argparse_args(beam_parser)
+    known = [s for p in (parser, beam_parser) for s in p._option_string_actions if s.startswith("--")]
+    for position, arg in enumerate(beam_args):
+        if not arg.startswith("--"):
+            if arg.startswith("-") or position == 0:  # not the value of a Beam flag before it
+                return f"unrecognized argument {arg}"
+            continue
+        name = arg.split("=", 1)[0]
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            return f"unrecognized argument {name}" + (f" (did you mean {close[0]}?)" if close else "")
+    return None
+
+
+def silence_libraries() -> None:
+    """Hides TensorFlow's C++ notices (oneDNN, CUDA, absl) and library warnings on the root logger; the job's
+    own lines and errors still print. Must run before TensorFlow is imported to take effect."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    logging.getLogger().setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="apache_beam")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced(enabled: bool) -> Iterator[None]:
+    """Sends file descriptor 2 to /dev/null while TensorFlow is imported and the model loaded: TensorFlow 2.21's C++
+    notices (absl, oneDNN, CUDA probes) go through absl logging, which TF_CPP_MIN_LOG_LEVEL no longer silences.
+    Python exceptions are unaffected: the caller reports them after the block."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _subclasses(cls: type) -> set[type]:
+    return {sub for direct in cls.__subclasses__() for sub in {direct, *_subclasses(direct)}}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parses flags, checks them, runs the job and prints its summary; returns the exit code."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = sys.argv[1:] if argv is None else argv
-    flags, beam_args = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    flags, beam_args = parser.parse_known_args(argv)
+    if not flags.verbose:
+        silence_libraries()
+    unknown = unknown_flag(beam_args, parser)
+    if unknown:
+        print(f"{PROG}: error: {unknown}", file=sys.stderr)
+        return 2
 
     from beam_pipeline import job, runner
     from beam_pipeline.summary import format_summary
 
     try:
-        config = job.prepare(flags)
+        with native_stderr_silenced(not flags.verbose):
+            config = job.prepare(flags)
     except job.LaunchError as exc:
         print(f"{PROG}: error: argument {exc.flag}: {exc}", file=sys.stderr)
         return 2
+    beam_args = local_defaults(beam_args)
     try:
-        record = runner.run(config, local_defaults(beam_args))
+        record = runner.run(config, beam_args, progress=not flags.quiet and runner.runs_in_this_process(beam_args))
     except runner.RunError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
@@ -75,5 +142,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.WARNING)
     sys.exit(main())

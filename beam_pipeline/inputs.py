@@ -17,11 +17,13 @@ from pathlib import PurePosixPath
 import apache_beam as beam
 import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.core import split_protocol
 from fsspec.utils import glob_translate
 
 from beam_pipeline import manifests
 from beam_pipeline.manifests import MANIFEST_ERROR_KEY
+from beam_pipeline.progress import TALLY
 from beam_pipeline.schema import RESERVED_NAMES
 
 MANIFEST_FORMATS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -131,6 +133,23 @@ def carried_schema(specs: list[InputSpec], uri_column: str) -> pa.Schema:
     return unified
 
 
+def count_rows(specs: list[InputSpec]) -> int | None:
+    """How many rows the inputs will give, where that is cheap to know at launch (Parquet footers, local folders
+    and globs); None when any input would have to be read or listed remotely to tell."""
+    total = 0
+    for spec in specs:
+        fs, path = fsspec.core.url_to_fs(spec.path)
+        if spec.manifest_format == "parquet":
+            for manifest in _matching_files(spec):
+                with fsspec.open(manifest, "rb") as f:
+                    total += pq.ParquetFile(f).metadata.num_rows
+        elif spec.manifest_format is None and "file" in fs.protocol:
+            total += sum(1 for _ in _image_uris(spec))
+        else:
+            return None
+    return total
+
+
 def _check_agreement(schemas: list[tuple[str, pa.Schema]]) -> None:
     """Fails naming the column and both files when two manifests give one column different types."""
     seen: dict[str, tuple[str, pa.DataType]] = {}
@@ -164,7 +183,14 @@ class ExpandInputs(beam.PTransform):
 
 
 def expand_input(spec: InputSpec, *, uri_column: str, carried: pa.Schema) -> Iterator[dict]:
-    """Streams the rows of one InputSpec: {"uri": ..., carried column: value, ...}."""
+    """Streams the rows of one InputSpec: {"uri": ..., carried column: value, ...} (counted for progress lines)."""
+    for row in _rows_of(spec, uri_column, carried):
+        TALLY.add_input()
+        yield row
+    TALLY.finish_input()
+
+
+def _rows_of(spec: InputSpec, uri_column: str, carried: pa.Schema) -> Iterator[dict]:
     if spec.manifest_format is None:
         for uri in _image_uris(spec):
             yield {"uri": uri, **dict.fromkeys(carried.names)}

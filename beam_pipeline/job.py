@@ -27,6 +27,7 @@ class JobConfig:
     """Everything the pipeline needs, checked and resolved in the launcher."""
 
     inputs: list[inputs.InputSpec]
+    expected_rows: int | None  # known at launch for Parquet manifests and local folders (for progress lines)
     uri_column: str
     carried: pa.Schema
     output: str
@@ -110,6 +111,7 @@ def prepare(flags) -> JobConfig:
         raise LaunchError("--output", f"an earlier run's shards exist at {output}; pass --overwrite to replace them")
     return JobConfig(
         inputs=specs,
+        expected_rows=inputs.count_rows(specs),
         uri_column=flags.uri_column,
         carried=carried,
         output=output,

@@ -191,6 +191,16 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
         "'type=sql,uri=sqlite:///PATH/catalog.db,warehouse=file:///PATH' (default: the catalog named default).",
     )
     group.add_argument(
+        "--quiet",
+        action="store_true",
+        help="No progress line while a local run runs (it is printed to stderr every 5 s by default).",
+    )
+    group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Let TensorFlow, absl and Beam print their own notices and warnings (hidden by default).",
+    )
+    group.add_argument(
         "--large-model",
         action="store_true",
         help="Share one model per machine instead of one per worker process (Beam's share_model_across_processes).",

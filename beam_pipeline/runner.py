@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from beam_pipeline import outputs, pipeline
 from beam_pipeline.job import JobConfig
+from beam_pipeline.progress import TALLY, ProgressReporter
 
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner")
 
@@ -15,15 +18,27 @@ class RunError(Exception):
     """The pipeline finished without a summary of this run (its final step did not run)."""
 
 
-def run(job: JobConfig, beam_args: list[str]) -> dict:
-    """Builds and runs the pipeline, waits for it and returns the `_SUCCESS` record its final step wrote."""
+def run(job: JobConfig, beam_args: list[str], *, progress: bool = False) -> dict:
+    """Builds and runs the pipeline, waits for it and returns the `_SUCCESS` record its final step wrote.
+
+    With `progress`, a progress line is printed to stderr every few seconds while it runs.
+    """
     options = PipelineOptions(beam_args)
-    with beam.Pipeline(options=options) as p:
-        pipeline.build(p, job, spread_rows=rows_need_spreading(options))
+    TALLY.reset(inputs=len(job.inputs), expected_rows=job.expected_rows)
+    with contextlib.ExitStack() as stack:
+        if progress:
+            stack.enter_context(ProgressReporter())
+        with beam.Pipeline(options=options) as p:
+            pipeline.build(p, job, spread_rows=rows_need_spreading(options))
     record = outputs.read_success(job.output)
     if record is None or record.get("run_id") != job.run_id:
         raise RunError(f"the pipeline finished but wrote no _SUCCESS for run {job.run_id} beside {job.output}")
     return record
+
+
+def runs_in_this_process(beam_args: list[str]) -> bool:
+    """Whether the pipeline's workers run in this process (so the progress tally sees their counts)."""
+    return not rows_need_spreading(PipelineOptions(beam_args))
 
 
 def rows_need_spreading(options: PipelineOptions) -> bool:

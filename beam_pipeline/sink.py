@@ -18,6 +18,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
+from beam_pipeline.progress import TALLY
+from beam_pipeline.schema import STATUS_OK
+
 PARQUET_CODEC = "snappy"
 BATCH_ROWS = 2_000  # rows converted to Arrow at a time
 ROW_GROUP_BYTES = 16 << 20  # Arrow bytes buffered before a row group is written
@@ -48,6 +51,7 @@ class _WriteBundle(beam.DoFn):
         if self._writer is None:
             self._writer = ParquetFileWriter(f"{self._prefix}-{uuid.uuid4().hex}.parquet", self._schema)
         self._writer.add(row)
+        TALLY.add_written(failed=row["status"] != STATUS_OK)
 
     def finish_bundle(self):
         if self._writer is not None:

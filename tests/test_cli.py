@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_job, shared_dir
+from conftest import run_cli, run_job, shared_dir
 
 PHOTOS = shared_dir() / "images" / "photos"  # an --input that exists and holds images
 
@@ -94,3 +94,37 @@ def test_unwritable_output(tmp_path, tiny_model, labels_file, capsys):
         labels_file,
     )
     assert "--output" in message
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--top-kk", "3"], "unrecognized argument --top-kk (did you mean --top-k?)"),
+        (["--direct_num_worker=2"], "unrecognized argument --direct_num_worker (did you mean --direct_num_workers?)"),
+        (["stray"], "unrecognized argument stray"),
+    ],
+)
+def test_a_flag_nobody_defines_stops_the_launch(tmp_path, capsys, extra, message):
+    assert run_job("--input", PHOTOS, "--output", tmp_path / "o", *extra) == 2
+    assert capsys.readouterr().err.strip() == f"beam-image-labeller: error: {message}"
+
+
+def test_beams_and_dataflows_own_options_pass_the_flag_check():
+    from beam_pipeline.cli import build_parser, unknown_flag
+
+    parser = build_parser()
+    argv = ["--input", "x", "--runner", "DataflowRunner", "--project=p", "--region", "europe-west1"]
+    argv += ["--sdk_container_image=img", "--direct_num_workers", "2", "--labels", "l.txt", "--experiments=a,b"]
+    _, beam_args = parser.parse_known_args(argv)
+    assert unknown_flag(beam_args, parser) is None
+
+
+def test_a_normal_run_prints_only_the_jobs_own_lines(tmp_path, tiny_model, labels_file):
+    common = ["--input", PHOTOS, "--model", tiny_model, "--labels", labels_file]
+    run = run_cli(*common, "--output", tmp_path / "o" / "labels")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("images read: 5  labelled: 5  failed: 0\n")
+    noise = [line for line in run.stderr.splitlines() if not line.startswith("labelled ")]
+    assert noise == [], "library notices are hidden unless --verbose"
+    verbose = run_cli(*common, "--output", tmp_path / "v" / "labels", "--verbose")
+    assert verbose.returncode == 0 and "oneDNN" in verbose.stderr
