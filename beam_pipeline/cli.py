@@ -121,13 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     from beam_pipeline import job, runner
     from beam_pipeline.summary import format_summary
 
+    beam_args = local_defaults(beam_args)
     try:
         with native_stderr_silenced(not flags.verbose):
-            config = job.prepare(flags)
+            config = job.prepare(flags, local=runner.is_local(beam_args))
     except job.LaunchError as exc:
         print(f"{PROG}: error: argument {exc.flag}: {exc}", file=sys.stderr)
         return 2
-    beam_args = local_defaults(beam_args)
     try:
         record = runner.run(config, beam_args, progress=not flags.quiet and runner.runs_in_this_process(beam_args))
     except runner.RunError as exc:

@@ -12,6 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_pipeline import incremental, inputs, labels, models, outputs
 from beam_pipeline.iceberg import IcebergError, IcebergTarget
 from beam_pipeline.preprocess import ResizeMode
+from beam_pipeline.reading import DEFAULT_ALLOWED_SCHEMES
 
 
 class LaunchError(Exception):
@@ -55,8 +56,8 @@ class JobConfig:
     iceberg: IcebergTarget | None
 
 
-def prepare(flags) -> JobConfig:
-    """Checks every flag before any image is read; raises LaunchError."""
+def prepare(flags, *, local: bool = True) -> JobConfig:
+    """Checks every flag before any image is read; raises LaunchError. `local`: the workers run on this machine."""
     if not flags.input:
         raise LaunchError("--input", "is required (a folder, a glob or a manifest of image URIs)")
     if not flags.output:
@@ -128,7 +129,7 @@ def prepare(flags) -> JobConfig:
         max_batch_size=flags.max_batch_size,
         max_bytes=flags.max_bytes,
         max_image_pixels=flags.max_image_pixels,
-        allowed_schemes=tuple(flags.allowed_schemes),
+        allowed_schemes=flags.allowed_schemes or default_schemes(local),
         allow_private_hosts=flags.allow_private_hosts,
         read_retries=flags.read_retries,
         read_timeout=flags.read_timeout,
@@ -138,6 +139,11 @@ def prepare(flags) -> JobConfig:
         large_model=flags.large_model,
         iceberg=iceberg,
     )
+
+
+def default_schemes(local: bool) -> tuple[str, ...]:
+    """--allowed-schemes when not given: on remote workers file:// would read the worker's own disk."""
+    return DEFAULT_ALLOWED_SCHEMES if local else tuple(s for s in DEFAULT_ALLOWED_SCHEMES if s != "file")
 
 
 def _check_writable(output: str) -> None:

@@ -136,8 +136,8 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--allowed-schemes",
         type=_scheme_list,
-        default=DEFAULT_ALLOWED_SCHEMES,
-        help=f"URI schemes that may be read; others become error rows (default: {','.join(DEFAULT_ALLOWED_SCHEMES)}).",
+        help=f"URI schemes that may be read; others become error rows (default: {','.join(DEFAULT_ALLOWED_SCHEMES)}; "
+        "without file on runners other than the local one, where a worker's own disk is nobody's input).",
     )
     group.add_argument(
         "--allow-private-hosts",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -14,17 +17,35 @@ ResizeMode = Literal["squash", "center-crop"]
 RESIZE_MODES: tuple[ResizeMode, ...] = ("squash", "center-crop")
 CENTER_CROP_FRACTION = 0.875  # the usual ImageNet evaluation crop: the central 87.5% of the shorter side
 DRAFT_MARGIN = 2
+BAND_ROWS = 256  # rows of a full-size image reduced at a time
 WHITE = (255, 255, 255)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+# What ImageOps.exif_transpose does per EXIF orientation; applied here after reducing, on the small image.
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def decode_image(
-    data: bytes, *, size: tuple[int, int], resize: ResizeMode, max_pixels: int
+    data: bytes,
+    *,
+    size: tuple[int, int],
+    resize: ResizeMode,
+    max_pixels: int,
+    budget: PixelBudget | None = None,
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Returns (uint8 array [height, width, 3], (original width, original height)).
 
-    The original size is the one a viewer shows: after the EXIF orientation is applied.
+    The original size is the one a viewer shows: after the EXIF orientation is applied. The full-size decode holds
+    `budget` for its pixel count until the image is reduced, so a worker's threads never decode several huge
+    images at once.
     """
     try:
         im = Image.open(io.BytesIO(data))
@@ -44,11 +65,67 @@ def decode_image(
         width, height = height, width
     # JPEG draft mode lets libjpeg scale by 1/2, 1/4 or 1/8 while decoding (DCT scaling), never below what the
     # resize needs, so a 4000x3000 photo is not decoded at full size for a 224x224 input.
-    im.draft("RGB", _draft_size(size, resize))
-    im = ImageOps.exif_transpose(im)  # loads the image; truncated or corrupt data raises here
+    needed = _draft_size(size, resize)
+    im.draft("RGB", needed)
+    with budget.reserve(im.width * im.height) if budget else contextlib.nullcontext():
+        im.load()  # truncated or corrupt data raises here
+        # Other formats decode at full size; reduce (a box filter, by a whole factor) to no less than the draft size
+        # at once, so the conversions below work on the small image.
+        factor = min(im.width // needed[0], im.height // needed[1])
+        if factor >= 2:
+            im = reduce_in_bands(_reducible(im), factor)
+    if orientation in _ORIENTATION_TRANSPOSE:
+        im = im.transpose(_ORIENTATION_TRANSPOSE[orientation])
     rgb = to_rgb(im)
     resized = _center_crop(rgb, size) if resize == "center-crop" else rgb.resize(size, Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8), (width, height)
+
+
+class PixelBudget:
+    """Pixels that a worker process's threads may hold decoded at full size at once, shared by all of them.
+
+    An image larger than the whole budget waits until it is alone, then runs: the budget bounds concurrency, not
+    which images can be decoded (--max-image-pixels does that).
+    """
+
+    def __init__(self, pixels: int):
+        self._capacity = pixels
+        self._free = pixels
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, pixels: int) -> Iterator[None]:
+        wanted = min(pixels, self._capacity)
+        with self._changed:
+            self._changed.wait_for(lambda: self._free >= wanted)
+            self._free -= wanted
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += wanted
+                self._changed.notify_all()
+
+
+def reduce_in_bands(im: Image.Image, factor: int) -> Image.Image:
+    """Image.reduce(factor), a band of rows at a time: for RGBA and LA, Pillow's reduce first copies the whole
+    image to premultiplied alpha, which for an 80-megapixel PNG is another 320 MB; a band's copy is a few MB."""
+    out = Image.new(im.mode, (-(-im.width // factor), -(-im.height // factor)))
+    rows = factor * max(1, BAND_ROWS // factor)
+    for top in range(0, im.height, rows):
+        out.paste(im.crop((0, top, im.width, min(top + rows, im.height))).reduce(factor), (0, top // factor))
+    return out
+
+
+def _reducible(im: Image.Image) -> Image.Image:
+    """`im` in a mode Image.reduce takes (it refuses 1, P and the 16-bit integer modes)."""
+    if im.mode == "1":
+        return im.convert("L")
+    if im.mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in _SIXTEEN_BIT_MODES:
+        return im.convert("I")
+    return im
 
 
 def _format_by_signature(data: bytes) -> str | None:

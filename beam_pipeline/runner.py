@@ -36,6 +36,11 @@ def run(job: JobConfig, beam_args: list[str], *, progress: bool = False) -> dict
     return record
 
 
+def is_local(beam_args: list[str]) -> bool:
+    """Whether the workers run on this machine (Beam's local runner, in any of its modes)."""
+    return PipelineOptions(beam_args).view_as(StandardOptions).runner in LOCAL_RUNNERS
+
+
 def runs_in_this_process(beam_args: list[str]) -> bool:
     """Whether the pipeline's workers run in this process (so the progress tally sees their counts)."""
     return not rows_need_spreading(PipelineOptions(beam_args))

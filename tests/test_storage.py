@@ -176,3 +176,10 @@ def test_input_errors_are_permanent(error_type):
 )
 def test_row_level_transience(exc, error_type, transient):
     assert errors.is_transient(exc, error_type) is transient
+
+
+def test_file_is_not_read_on_remote_workers_unless_named():
+    from beam_pipeline.job import default_schemes
+
+    assert "file" in default_schemes(local=True)
+    assert "file" not in default_schemes(local=False) and "gs" in default_schemes(local=False)
