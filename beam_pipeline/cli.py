@@ -7,7 +7,9 @@ import contextlib
 import difflib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -74,12 +76,42 @@ def unknown_flag(beam_args: list[str], parser: argparse.ArgumentParser) -> str |
     return None
 
 
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM while the job ran; a BaseException so that no `except Exception` swallows it.
+
+    `received` remembers the signal, as Beam wraps exceptions raised inside a step into RuntimeErrors.
+    """
+
+    received: signal.Signals | None = None
+
+
+@contextlib.contextmanager
+def interrupts_raised() -> Iterator[None]:
+    """Turns SIGINT and SIGTERM into Interrupted in the main thread for the duration (then restores handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        Interrupted.received = signal.Signals(signum)
+        raise Interrupted(signum)
+
+    Interrupted.received = None
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def silence_libraries() -> None:
     """Hides TensorFlow's C++ notices (oneDNN, CUDA, absl) and library warnings on the root logger; the job's
     own lines and errors still print. Must run before TensorFlow is imported to take effect."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)  # a failing step is reported once, by main()
     warnings.filterwarnings("ignore", module="apache_beam")
 
 
@@ -118,20 +150,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {unknown}", file=sys.stderr)
         return 2
 
-    from beam_pipeline import job, runner
+    from beam_pipeline import job, outputs, runner
     from beam_pipeline.summary import format_summary
 
     beam_args = local_defaults(beam_args)
+    local = runner.is_local(beam_args)
+    config = None
     try:
-        with native_stderr_silenced(not flags.verbose):
-            config = job.prepare(flags, local=runner.is_local(beam_args))
+        with interrupts_raised(), native_stderr_silenced(not flags.verbose):
+            config = job.prepare(flags, local=local)
+        with interrupts_raised():
+            record = runner.run(config, beam_args, progress=not flags.quiet and runner.runs_in_this_process(beam_args))
     except job.LaunchError as exc:
         print(f"{PROG}: error: argument {exc.flag}: {exc}", file=sys.stderr)
         return 2
-    try:
-        record = runner.run(config, beam_args, progress=not flags.quiet and runner.runs_in_this_process(beam_args))
     except runner.RunError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except (Interrupted, Exception) as exc:
+        # Beam re-raises whatever a DoFn raised (a signal's Interrupted too) as a RuntimeError naming the step.
+        if config is not None and local:
+            outputs.remove_staging(config.output, config.run_id)
+        if Interrupted.received is not None:
+            what = "no output was published" if local else "the job may still run on the runner and finish by itself"
+            print(f"\n{PROG}: interrupted ({Interrupted.received.name}): {what}", file=sys.stderr)
+            return 128 + Interrupted.received  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+        if flags.verbose:
+            raise
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(
+            f"{PROG}: error: the run failed, nothing was published: {type(exc).__name__}: {first_line} "
+            "(--verbose shows the traceback)",
+            file=sys.stderr,
+        )
         return 1
     print(format_summary(record))
     if record["status"] != "ok":
