@@ -166,7 +166,8 @@ def finalize_run(
 
 
 def merge_stats(stats: list[dict]) -> dict:
-    """RowStats outputs of several branches of rows, added up."""
+    """RowStats outputs of several branches of rows, added up. Top labels add up exactly because only one branch
+    (the labelled rows) has labels."""
     fn = RowStats()
     return fn.extract_output(fn.merge_accumulators(fn.from_output(s) for s in stats))
 

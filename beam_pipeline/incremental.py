@@ -109,7 +109,7 @@ def read_finished_uris(shard: str, *, model_id: str, relabel_errors: bool) -> It
         columns = [*NEEDED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in parquet.schema_arrow.names)]
         for batch in parquet.iter_batches(columns=columns):
             for row in batch.to_pylist():
-                if row["model"] == model_id and row["uri"] and _finished(row, relabel_errors):
+                if row["model"] == model_id and (row["uri"] or "").strip() and _finished(row, relabel_errors):
                     yield row["uri"]
 
 
