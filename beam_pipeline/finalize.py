@@ -124,7 +124,7 @@ def finalize_run(
     problems = reconcile(rows_in=rows_in, rows_skipped=rows_skipped, rows_sent=row_stats["rows"], written=rows_written)
     if not problems and not info.overwrite and outputs.final_shards(info.output):
         problems.append(f"another run published shards at {info.output} while this one ran (--overwrite replaces)")
-    published = [] if problems else outputs.publish(staged, info.output, replace=info.overwrite)
+    published = [] if problems else outputs.publish(staged, info.output, run_id=info.run_id, replace=info.overwrite)
     snapshot = None
     if published and info.iceberg is not None:
         try:

@@ -77,31 +77,48 @@ def shard_names(prefix: str, count: int) -> list[str]:
     return [f"{prefix}-{i:05d}-of-{count:05d}{SHARD_SUFFIX}" for i in range(count)]
 
 
-def publish(staged: list[str], prefix: str, *, replace: bool) -> list[str]:
-    """Renames staged files (in sorted order) to PREFIX-SSSSS-of-NNNNN.parquet and returns the new names; with
-    `replace`, deletes PREFIX's other shards and every staging folder beside it.
+def publish(staged: list[str], prefix: str, *, run_id: str, replace: bool) -> list[str]:
+    """Renames staged files (in sorted order) to PREFIX-SSSSS-of-NNNNN.parquet and returns the new names.
 
-    Safe to repeat after a partial attempt: a file already moved is skipped.
+    Then removes the staging folders of runs that started before this one (left by killed runs; a run still going
+    finds its files gone and fails instead of publishing), and with `replace` PREFIX's other shards and every other
+    staging folder. Safe to repeat after a partial attempt: a file already moved is skipped.
     """
     staged = sorted(staged)
     final = shard_names(prefix, len(staged))
     pending = [(src, dst) for src, dst in zip(staged, final) if FileSystems.exists(src) or not FileSystems.exists(dst)]
     if pending:
         FileSystems.rename([src for src, _ in pending], [dst for _, dst in pending])
+    folder = folder_of(prefix)
+    own = FileSystems.join(folder, f"{STAGING_FOLDER}{run_id}")
+    for staging in _staging_folders(folder):
+        if staging != own and (replace or staging < own):  # run ids sort by start time
+            _delete_folder(staging)
     if replace:
         stale = sorted(set(final_shards(prefix)) - set(final))
-        staging = FileSystems.match([FileSystems.join(folder_of(prefix), f"{STAGING_FOLDER}*")])
-        stale += [m.path for r in staging for m in r.metadata_list]
         if stale:
             FileSystems.delete(stale)
     return final
 
 
+def _staging_folders(folder: str) -> set[str]:
+    """The staging folders beside the output, found through their files (object stores have no folders)."""
+    files = FileSystems.match([FileSystems.join(folder, f"{STAGING_FOLDER}*", "*")])[0].metadata_list
+    return {FileSystems.split(m.path)[0] for m in files}
+
+
+def _delete_folder(path: str) -> None:
+    """Deletes a (flat) folder's files, then the folder itself where the filesystem has folders."""
+    files = [m.path for m in FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list]
+    if files:
+        FileSystems.delete(files)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
 def remove_staging(prefix: str, run_id: str) -> None:
     """Deletes this run's staging folder (what is left of it after publishing, or all of it after a failure)."""
-    folder = FileSystems.join(folder_of(prefix), f"{STAGING_FOLDER}{run_id}")
-    if FileSystems.exists(folder):
-        FileSystems.delete([folder])
+    _delete_folder(FileSystems.join(folder_of(prefix), f"{STAGING_FOLDER}{run_id}"))
 
 
 def success_path(prefix: str) -> str:

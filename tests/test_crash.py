@@ -83,5 +83,6 @@ def test_sigkill_halfway_then_rerun(tmp_path, folder, float_model, labels_file):
     uris = read_output(out / "labels").column("uri").to_pylist()
     assert sorted(uris) == sorted(str(p) for p in folder.iterdir())
     assert (out / "_SUCCESS").exists()
-    # The killed run's staging folder is left, but readers of the folder skip `_` names: the README's recipe.
+    # The rerun removed the killed run's staging folder; readers of the folder see only published shards.
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "labels-00000-of-00001.parquet"]
     assert len(pd.read_parquet(out)) == IMAGES
