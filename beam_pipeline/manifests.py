@@ -85,7 +85,7 @@ def read_manifest(path: str, manifest_format: str, uri_column: str, carried: pa.
         elif manifest_format == "jsonl":
             for line in f:
                 if line.strip():
-                    yield _json_row(line, uri_column, carried)
+                    yield json_row(line, uri_column, carried)
         elif manifest_format == "csv":
             yield from _csv_rows(f, uri_column, carried)
         else:
@@ -95,14 +95,14 @@ def read_manifest(path: str, manifest_format: str, uri_column: str, carried: pa.
                 yield from batch.to_pylist()
 
 
-def _json_row(line: bytes, uri_column: str, carried: pa.Schema) -> dict:
+def json_row(line: bytes, uri_column: str, carried: pa.Schema) -> dict:
     """One JSON Lines row; a line that is not a JSON object, or a value of the wrong type, makes a BadManifestRow."""
     try:
         row = json.loads(line)
     except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
-        return bad_row(None, uri_column, f"a line that is not JSON: {line[:200]!r}")
+        return bad_row(None, uri_column, f"a line that is not JSON: {line.strip()[:200]!r}")
     if not isinstance(row, dict):
-        return bad_row(None, uri_column, f"a JSON line that is not an object: {line[:200]!r}")
+        return bad_row(None, uri_column, f"a JSON line that is not an object: {line.strip()[:200]!r}")
     for field in carried:
         value = row.get(field.name)
         if value is not None and not _fits(value, field.type):
