@@ -529,6 +529,7 @@ def test_million_rows_bounded(tmp_path: Path) -> None:
                 "id": ids,
                 "status": np.where(ok, "ok", "error"),
                 "error_type": pa.array(np.where(ok, None, "UnidentifiedImageError")),
+                "error_kind": pa.array(np.where(ok, None, "permanent")),
                 "error": pa.array(np.where(ok, None, "UnidentifiedImageError: cannot identify image file")),
                 "label": pa.array(np.where(ok, names[cls[:, 0]], None)),
                 "score": pa.array(scores[:, 0], mask=~ok),

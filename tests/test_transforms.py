@@ -572,6 +572,7 @@ class FakeClassifierHandler(ImageClassifierHandler):
 def job_config(**changes) -> JobConfig:
     settings = dict(
         inputs=[],
+        expected_rows=None,
         uri_column="uri",
         carried=CARRIED,
         output="unused",
@@ -596,6 +597,7 @@ def job_config(**changes) -> JobConfig:
         earlier_shards=(),
         relabel_errors=False,
         large_model=False,
+        iceberg=None,
     )
     return JobConfig(**{**settings, **changes})
 
