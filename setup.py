@@ -24,6 +24,8 @@ setup(
         "tfhub": ["tensorflow-hub>=0.16,<0.17", "tf-keras>=2.16,<2.22"],
         "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2024.3", "build>=1"],
         "s3": ["s3fs>=2024.3"],
+        # --backend litert: .tflite files on Google's LiteRT runtime, without TensorFlow.
+        "litert": ["ai-edge-litert>=2.0,<3"],
         # run_local.sh takes its sample photos from these packages.
         "samples": ["scikit-image>=0.22", "matplotlib>=3.8"],
         # beam-image-labeller-report: DuckDB queries the output, matplotlib draws the charts.
@@ -39,6 +41,7 @@ setup(
             "matplotlib>=3.8",
             "duckdb>=1.0",
             "pandas>=2",
+            "ai-edge-litert>=2.0,<3",
         ],
     },
     entry_points={

@@ -24,14 +24,14 @@ TFHUB_HOSTS = ("tfhub.dev", "www.kaggle.com", "kaggle.com")
 HF_ALLOWED_FILES = ["*.pb", "variables/*", "assets/*", "*.tflite", "*.txt", "*.json", "*.md"]
 _HF_SPEC = re.compile(r"^hf://(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 
-BACKENDS = ("tensorflow",)
+BACKENDS = ("tensorflow", "litert")
 DEFAULT_BACKEND = "tensorflow"
-DEFAULT_TFLITE_BACKEND = "tensorflow"
+DEFAULT_TFLITE_BACKEND = "litert"
 # The module each backend imports, and the setup.py extra that installs it (tensorflow is a core dependency).
-_BACKEND_MODULE = {"tensorflow": "tensorflow"}
-_BACKEND_EXTRA: dict[str, str] = {}
+_BACKEND_MODULE = {"tensorflow": "tensorflow", "litert": "ai_edge_litert"}
+_BACKEND_EXTRA = {"litert": "litert"}
 # What each backend can read, by ModelRef.kind ("savedmodel" covers huggingface and tfhub too).
-_BACKEND_FORMATS = {"tensorflow": {"savedmodel", "tflite"}}
+_BACKEND_FORMATS = {"tensorflow": {"savedmodel", "tflite"}, "litert": {"tflite"}}
 
 
 class ModelError(Exception):
@@ -104,6 +104,8 @@ def choose_backend(requested: str | None, kind: str) -> str:
         raise BackendError(f"{backend} cannot run {what}; use {' or '.join(readers)}")
     if importlib.util.find_spec(_BACKEND_MODULE[backend]) is None:
         hint = f"pip install 'beam-image-labeller[{_BACKEND_EXTRA[backend]}]'" if backend in _BACKEND_EXTRA else ""
+        if backend == "litert" and requested is None:
+            hint += " (or --backend tensorflow for TensorFlow's deprecated TFLite interpreter)"
         raise BackendError(f"{backend} is not installed: {hint}".rstrip(": "))
     return backend
 
@@ -141,6 +143,10 @@ def _load(ref: ModelRef, num_threads: int | None) -> Classifier:
         if ref.kind == "tflite":
             with fsspec.open(ref.spec, "rb") as f:
                 content = f.read()
+            if ref.backend == "litert":
+                from beam_pipeline.backends.litert import LiteRTClassifier
+
+                return LiteRTClassifier(content, num_threads=num_threads)
             from beam_pipeline.backends.tensorflow import TFLiteClassifier
 
             return TFLiteClassifier(content, num_threads=num_threads)

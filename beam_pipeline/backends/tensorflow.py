@@ -59,7 +59,7 @@ class SavedModelClassifier:
 class TFLiteClassifier:
     """A `.tflite` classifier on TensorFlow's (deprecated) `tf.lite.Interpreter`: `--backend tensorflow` for .tflite.
 
-    One interpreter behind a lock, one image at a time.
+    One interpreter behind a lock, one image at a time; the litert backend is the fast path for `.tflite` files.
     """
 
     def __init__(self, model_content: bytes, *, num_threads: int | None = None):

@@ -1,0 +1,135 @@
+"""The runtimes behind --backend: TF-free runs, TensorFlow-equal scores, sharing between threads, launch errors."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, label, read_output, run_cli
+
+from beam_pipeline import models
+from beam_pipeline.preprocess import decode_image
+
+HEAVY = ("tensorflow", "keras", "tf_keras", "matplotlib")
+
+
+def _photos(shared, resize: str = "center-crop") -> np.ndarray:
+    """The 5 real photos (and the first 27 ImageNet sample photos) as the model's uint8 input."""
+    paths = sorted((shared / "images" / "photos").glob("*.[jb][pm][gp]"))
+    paths += sorted((shared / "images" / "imagenet-sample-100").glob("*.JPEG"))[:27]
+    return np.stack([decode_image(p.read_bytes(), size=(224, 224), resize=resize, max_pixels=10**8)[0] for p in paths])
+
+
+def _imported(importtime_stderr: str) -> set[str]:
+    """Top-level package names from `python -X importtime` output."""
+    names = set()
+    for line in importtime_stderr.splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names
+
+
+def _job_with_importtime(tmp_path, *args, env: dict[str, str] | None = None) -> tuple[set[str], list[dict]]:
+    """`python -X importtime -m beam_pipeline ARGS`: the packages the whole job imported, and its output rows."""
+    prefix = tmp_path / "out" / "labels"
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "beam_pipeline", "--output", prefix, *map(str, args)],
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _imported(result.stderr), read_output(prefix).to_pylist()
+
+
+@pytest.mark.parametrize("backend", ["litert"])
+def test_tflite_job_imports_tensorflow_only_on_the_tensorflow_backend(
+    tmp_path, backend, tflite_model, shared, labels_file
+):
+    """A .tflite file runs on litert by default without TensorFlow; --backend tensorflow is the control."""
+    args = ["--input", shared / "images" / "photos", "--model", tflite_model, "--labels", labels_file]
+    imported, rows = _job_with_importtime(tmp_path, *args, *(["--backend", backend] if backend != "litert" else []))
+    if backend == "litert":
+        assert "ai_edge_litert" in imported and not imported & set(HEAVY), sorted(imported & set(HEAVY))
+    else:  # TensorFlow, imported without the Keras (and matplotlib) that `import tensorflow` would pull in
+        assert "tensorflow" in imported and not imported & {"keras", "matplotlib"}
+    assert {r["label"] for r in rows if r["uri"].endswith("hot_dog.jpg")} == {"hotdog"}
+
+
+def test_litert_scores_equal_tensorflow_tflite_interpreter(tflite_model, shared):
+    """LiteRT runs the same kernels as TensorFlow's TFLite interpreter: identical dequantised softmax scores."""
+    images = _photos(shared, resize="squash")
+    litert = models.load(models.resolve(tflite_model))
+    assert type(litert).__name__ == "LiteRTClassifier"
+    np.testing.assert_array_equal(
+        litert.predict(images), models.load(models.resolve(tflite_model, "tensorflow")).predict(images)
+    )
+
+
+@pytest.mark.parametrize("backend", ["litert"])
+def test_one_classifier_shared_by_many_threads(backend, float_model, tflite_model, shared):
+    """Beam calls run_inference from several threads on one model: concurrent batches get their own scores."""
+    classifier = models.load(models.resolve(float_model if backend == "openvino" else tflite_model, backend))
+    images = _photos(shared)
+    batches = [images[i : i + 5] for i in range(0, len(images), 5)] * 3
+    expected = [classifier.predict(batch) for batch in batches]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(classifier.predict, batches))
+    for want, have in zip(expected, got):
+        np.testing.assert_allclose(have, want, atol=1e-6)
+
+
+def _launch_error(capsys, *args) -> str:
+    assert label(*args) == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    "backend,model_fixture,words",
+    [
+        ("litert", "float_model", "litert cannot run SavedModels; use tensorflow"),
+    ],
+)
+def test_a_backend_that_cannot_read_the_model_fails_at_launch(
+    tmp_path, request, backend, model_fixture, words, labels_file, capsys
+):
+    model = request.getfixturevalue(model_fixture)
+    message = _launch_error(capsys, tmp_path, tmp_path / "o", model, labels_file, "--backend", backend)
+    assert message.endswith(f"error: argument --backend: {words}"), message
+
+
+@pytest.mark.parametrize(
+    "backend,module,model_fixture",
+    [("litert", "ai_edge_litert", "tflite_model")],
+)
+def test_a_missing_extra_is_one_line_naming_backend(
+    tmp_path, request, monkeypatch, backend, module, model_fixture, labels_file, capsys
+):
+    """As if the extra were not installed: importlib finds no module whose sys.modules entry is None."""
+    monkeypatch.setitem(sys.modules, module, None)
+    model = request.getfixturevalue(model_fixture)
+    message = _launch_error(capsys, tmp_path, tmp_path / "o", model, labels_file, "--backend", backend)
+    expected = f"argument --backend: {backend} is not installed: pip install 'beam-image-labeller[{backend}]'"
+    assert message.endswith(expected), message
+
+
+def test_a_tflite_file_without_litert_suggests_the_tensorflow_backend(
+    tmp_path, monkeypatch, tflite_model, labels_file, capsys
+):
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    message = _launch_error(capsys, tmp_path, tmp_path / "o", tflite_model, labels_file)
+    assert "--backend: litert is not installed" in message and "--backend tensorflow" in message
+
+
+def test_unknown_backend_is_an_argparse_error(tmp_path):
+    result = run_cli("--input", tmp_path, "--output", tmp_path / "o", "--backend", "onnx")
+    message = result.stderr.strip()
+    assert result.returncode == 2 and "\n" not in message
+    assert "argument --backend: invalid choice: 'onnx'" in message and "litert" in message
