@@ -24,6 +24,8 @@ setup(
         "tfhub": ["tensorflow-hub>=0.16,<0.17", "tf-keras>=2.16,<2.22"],
         "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2024.3", "build>=1"],
         "s3": ["s3fs>=2024.3"],
+        # --backend openvino: the same SavedModels on Intel's OpenVINO runtime, without TensorFlow.
+        "openvino": ["openvino>=2025.0,<2027"],
         # --backend litert: .tflite files on Google's LiteRT runtime, without TensorFlow.
         "litert": ["ai-edge-litert>=2.0,<3"],
         # run_local.sh takes its sample photos from these packages.
@@ -42,6 +44,7 @@ setup(
             "duckdb>=1.0",
             "pandas>=2",
             "ai-edge-litert>=2.0,<3",
+            "openvino>=2025.0,<2027",
         ],
     },
     entry_points={

@@ -2,7 +2,8 @@
 
 Resolution (Hugging Face Hub, TF Hub, any fsspec filesystem) ends in a local SavedModel folder or `.tflite` bytes;
 each runtime in `beam_pipeline.backends` loads those. Only SavedModel protobufs, variables and `.tflite`
-flatbuffers are read: nothing from a model repository is unpickled or executed as Python.
+flatbuffers are read: nothing from a model repository is unpickled or executed as Python. Nothing here imports
+TensorFlow unless the tensorflow backend (or a TF Hub handle, see `_tfhub_dir`) needs it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import dataclasses
 import importlib.util
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -24,14 +27,14 @@ TFHUB_HOSTS = ("tfhub.dev", "www.kaggle.com", "kaggle.com")
 HF_ALLOWED_FILES = ["*.pb", "variables/*", "assets/*", "*.tflite", "*.txt", "*.json", "*.md"]
 _HF_SPEC = re.compile(r"^hf://(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 
-BACKENDS = ("tensorflow", "litert")
+BACKENDS = ("tensorflow", "openvino", "litert")
 DEFAULT_BACKEND = "tensorflow"
 DEFAULT_TFLITE_BACKEND = "litert"
 # The module each backend imports, and the setup.py extra that installs it (tensorflow is a core dependency).
-_BACKEND_MODULE = {"tensorflow": "tensorflow", "litert": "ai_edge_litert"}
-_BACKEND_EXTRA = {"litert": "litert"}
+_BACKEND_MODULE = {"tensorflow": "tensorflow", "openvino": "openvino", "litert": "ai_edge_litert"}
+_BACKEND_EXTRA = {"openvino": "openvino", "litert": "litert"}
 # What each backend can read, by ModelRef.kind ("savedmodel" covers huggingface and tfhub too).
-_BACKEND_FORMATS = {"tensorflow": {"savedmodel", "tflite"}, "litert": {"tflite"}}
+_BACKEND_FORMATS = {"tensorflow": {"savedmodel", "tflite"}, "openvino": {"savedmodel"}, "litert": {"tflite"}}
 
 
 class ModelError(Exception):
@@ -151,6 +154,10 @@ def _load(ref: ModelRef, num_threads: int | None) -> Classifier:
 
             return TFLiteClassifier(content, num_threads=num_threads)
         folder = _local_savedmodel_dir(ref)
+        if ref.backend == "openvino":
+            from beam_pipeline.backends.openvino import OpenVINOClassifier
+
+            return OpenVINOClassifier(folder, num_threads=num_threads)
         from beam_pipeline.backends.tensorflow import SavedModelClassifier
 
         return SavedModelClassifier(folder)
@@ -174,15 +181,38 @@ def _local_savedmodel_dir(ref: ModelRef) -> str:
     if ref.kind == "huggingface":
         return _find_savedmodel(_hf_snapshot(ref.spec, ref.revision))
     if ref.kind == "tfhub":
-        import tensorflow_hub as hub
-
-        return hub.resolve(ref.spec)
+        return _find_savedmodel(_tfhub_dir(ref.spec, in_process=ref.backend == "tensorflow"))
     fs, path = fsspec.core.url_to_fs(ref.spec)
     if "file" in fs.protocol:
         return _find_savedmodel(path)
     local = tempfile.mkdtemp(prefix="beam-image-labeller-model-")
     fs.get(path.rstrip("/") + "/", local, recursive=True)
     return _find_savedmodel(local)
+
+
+def _tfhub_dir(handle: str, *, in_process: bool) -> str:
+    """tensorflow_hub's download and cache (honouring TFHUB_CACHE_DIR) for a TF Hub / Kaggle handle.
+
+    tensorflow_hub imports TensorFlow, so for the other backends it runs in a child process: the worker itself stays
+    free of TensorFlow's import time and memory, and the handle resolves exactly as the tensorflow backend's would.
+    """
+    if importlib.util.find_spec("tensorflow_hub") is None:
+        raise ModelError("TF Hub handles need tensorflow-hub: pip install 'beam-image-labeller[tfhub]'")
+    if in_process:
+        import tensorflow_hub as hub
+
+        return hub.resolve(handle)
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, tensorflow_hub as hub; print(hub.resolve(sys.argv[1]))", handle],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        check=False,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelError(f"cannot resolve TF Hub handle {handle!r}: {last}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 def _find_savedmodel(root: str) -> str:

@@ -90,8 +90,9 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--backend",
         choices=BACKENDS,
-        help="Runtime for the model: tensorflow, or litert (.tflite files, without TensorFlow; the [litert] extra). "
-        "Default: litert for .tflite files, else tensorflow.",
+        help="Runtime for the model: tensorflow, openvino (SavedModels, without TensorFlow; the [openvino] extra) or "
+        "litert (.tflite files, without TensorFlow; the [litert] extra). Default: litert for .tflite files, "
+        "else tensorflow.",
     )
     group.add_argument(
         "--labels",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from beam_pipeline import models
 from beam_pipeline.preprocess import decode_image
 
 HEAVY = ("tensorflow", "keras", "tf_keras", "matplotlib")
+HF_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+TFHUB_HANDLE = "https://tfhub.dev/google/imagenet/mobilenet_v3_small_100_224/classification/5"
 
 
 def _photos(shared, resize: str = "center-crop") -> np.ndarray:
@@ -47,6 +52,27 @@ def _job_with_importtime(tmp_path, *args, env: dict[str, str] | None = None) -> 
     return _imported(result.stderr), read_output(prefix).to_pylist()
 
 
+def _hf_cache(tmp_path, float_model) -> dict[str, str]:
+    """A Hugging Face cache holding the float SavedModel as hf://Dimitre/mobilenet_v3_small; the env to use it."""
+    repo = tmp_path / "hub" / "models--Dimitre--mobilenet_v3_small"
+    shutil.copytree(float_model, repo / "snapshots" / HF_COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HF_COMMIT)
+    return {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+
+
+def test_openvino_job_from_the_hub_never_imports_tensorflow(tmp_path, float_model, labels_file, shared):
+    """The whole job (launch check, Beam, workers) on a Hugging Face SavedModel: no TensorFlow, Keras or matplotlib."""
+    env = _hf_cache(tmp_path, float_model)
+    imported, rows = _job_with_importtime(
+        tmp_path, "--input", shared / "images" / "photos", "--labels", labels_file, "--backend", "openvino", env=env
+    )
+    assert "openvino" in imported and not imported & set(HEAVY), sorted(imported & set(HEAVY))
+    assert len(rows) == 5 and {r["status"] for r in rows} == {"ok"}
+    assert {r["model"] for r in rows} == {f"hf://Dimitre/mobilenet_v3_small@{HF_COMMIT}"}
+    assert {r["label"] for r in rows if r["uri"].endswith("hot_dog.jpg")} == {"hotdog"}
+
+
 @pytest.mark.parametrize("backend", ["litert"])
 def test_tflite_job_imports_tensorflow_only_on_the_tensorflow_backend(
     tmp_path, backend, tflite_model, shared, labels_file
@@ -61,6 +87,16 @@ def test_tflite_job_imports_tensorflow_only_on_the_tensorflow_backend(
     assert {r["label"] for r in rows if r["uri"].endswith("hot_dog.jpg")} == {"hotdog"}
 
 
+def test_openvino_scores_match_tensorflow(float_model, shared):
+    images = _photos(shared)
+    tf_scores = models.load(models.resolve(float_model, "tensorflow")).predict(images)
+    ov_scores = models.load(models.resolve(float_model, "openvino")).predict(images)
+    assert ov_scores.shape == tf_scores.shape == (len(images), 1001) and ov_scores.dtype == np.float32
+    np.testing.assert_allclose(ov_scores.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(ov_scores, tf_scores, atol=2e-3)
+    np.testing.assert_array_equal(ov_scores.argmax(axis=1), tf_scores.argmax(axis=1))
+
+
 def test_litert_scores_equal_tensorflow_tflite_interpreter(tflite_model, shared):
     """LiteRT runs the same kernels as TensorFlow's TFLite interpreter: identical dequantised softmax scores."""
     images = _photos(shared, resize="squash")
@@ -71,7 +107,18 @@ def test_litert_scores_equal_tensorflow_tflite_interpreter(tflite_model, shared)
     )
 
 
-@pytest.mark.parametrize("backend", ["litert"])
+def test_openvino_pads_the_last_request(float_model, shared):
+    """Compiled for 4 images a request, 5 and 1 images give the same scores as the 1-image requests."""
+    from beam_pipeline.backends.openvino import OpenVINOClassifier
+
+    images = _photos(shared)[:5]
+    by_four, by_one = OpenVINOClassifier(float_model, batch=4), OpenVINOClassifier(float_model, batch=1)
+    np.testing.assert_allclose(by_four.predict(images), by_one.predict(images), atol=1e-5)
+    np.testing.assert_allclose(by_four.predict(images[:1]), by_one.predict(images[:1]), atol=1e-5)
+    assert by_four.predict(images[:0]).shape == (0, 1001)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "litert"])
 def test_one_classifier_shared_by_many_threads(backend, float_model, tflite_model, shared):
     """Beam calls run_inference from several threads on one model: concurrent batches get their own scores."""
     classifier = models.load(models.resolve(float_model if backend == "openvino" else tflite_model, backend))
@@ -84,6 +131,46 @@ def test_one_classifier_shared_by_many_threads(backend, float_model, tflite_mode
         np.testing.assert_allclose(have, want, atol=1e-6)
 
 
+def test_openvino_resolves_a_tfhub_handle_without_importing_tensorflow(tmp_path, float_model, labels_file, shared):
+    """TF Hub handles go through tensorflow_hub's cache in a child process; the job itself stays TF-free."""
+    cache = tmp_path / "tfhub"
+    shutil.copytree(float_model, cache / hashlib.sha1(TFHUB_HANDLE.encode()).hexdigest())
+    imported, rows = _job_with_importtime(
+        tmp_path,
+        "--input",
+        shared / "images" / "photos",
+        "--model",
+        TFHUB_HANDLE,
+        "--labels",
+        labels_file,
+        "--backend",
+        "openvino",
+        env={"TFHUB_CACHE_DIR": str(cache)},
+    )
+    assert not imported & set(HEAVY)
+    assert {r["model"] for r in rows} == {TFHUB_HANDLE}
+    assert {r["label"] for r in rows if r["uri"].endswith("hot_dog.jpg")} == {"hotdog"}
+
+
+def test_savedmodel_on_another_filesystem_runs_on_openvino(tmp_path, float_model, labels_file, shared):
+    """A SavedModel on any fsspec filesystem (memory:// here, as gs:// would be) is copied locally, then read by OV."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for path in Path(float_model).rglob("*"):
+        if path.is_file():
+            fs.pipe(f"/ovmodels/mnv3/{path.relative_to(float_model)}", path.read_bytes())
+    prefix = tmp_path / "out" / "labels"
+    try:
+        code = label(
+            shared / "images" / "photos", prefix, "memory://ovmodels/mnv3", labels_file, "--backend", "openvino"
+        )
+    finally:
+        fs.rm("/ovmodels", recursive=True)
+    assert code == 0
+    assert {r["label"] for r in read_output(prefix).to_pylist() if r["uri"].endswith("hot_dog.jpg")} == {"hotdog"}
+
+
 def _launch_error(capsys, *args) -> str:
     assert label(*args) == 2
     message = capsys.readouterr().err.strip()
@@ -94,7 +181,8 @@ def _launch_error(capsys, *args) -> str:
 @pytest.mark.parametrize(
     "backend,model_fixture,words",
     [
-        ("litert", "float_model", "litert cannot run SavedModels; use tensorflow"),
+        ("litert", "float_model", "litert cannot run SavedModels; use tensorflow or openvino"),
+        ("openvino", "tflite_model", "openvino cannot run .tflite files; use tensorflow or litert"),
     ],
 )
 def test_a_backend_that_cannot_read_the_model_fails_at_launch(
@@ -107,7 +195,7 @@ def test_a_backend_that_cannot_read_the_model_fails_at_launch(
 
 @pytest.mark.parametrize(
     "backend,module,model_fixture",
-    [("litert", "ai_edge_litert", "tflite_model")],
+    [("openvino", "openvino", "float_model"), ("litert", "ai_edge_litert", "tflite_model")],
 )
 def test_a_missing_extra_is_one_line_naming_backend(
     tmp_path, request, monkeypatch, backend, module, model_fixture, labels_file, capsys
@@ -132,4 +220,4 @@ def test_unknown_backend_is_an_argparse_error(tmp_path):
     result = run_cli("--input", tmp_path, "--output", tmp_path / "o", "--backend", "onnx")
     message = result.stderr.strip()
     assert result.returncode == 2 and "\n" not in message
-    assert "argument --backend: invalid choice: 'onnx'" in message and "litert" in message
+    assert "argument --backend: invalid choice: 'onnx'" in message and "openvino" in message
