@@ -73,7 +73,7 @@ def test_openvino_job_from_the_hub_never_imports_tensorflow(tmp_path, float_mode
     assert {r["label"] for r in rows if r["uri"].endswith("hot_dog.jpg")} == {"hotdog"}
 
 
-@pytest.mark.parametrize("backend", ["litert"])
+@pytest.mark.parametrize("backend", ["litert", "tensorflow"])
 def test_tflite_job_imports_tensorflow_only_on_the_tensorflow_backend(
     tmp_path, backend, tflite_model, shared, labels_file
 ):
@@ -85,6 +85,26 @@ def test_tflite_job_imports_tensorflow_only_on_the_tensorflow_backend(
     else:  # TensorFlow, imported without the Keras (and matplotlib) that `import tensorflow` would pull in
         assert "tensorflow" in imported and not imported & {"keras", "matplotlib"}
     assert {r["label"] for r in rows if r["uri"].endswith("hot_dog.jpg")} == {"hotdog"}
+
+
+def test_tensorflow_backend_skips_keras(float_model):
+    """Loading and calling a SavedModel on the tensorflow backend imports TensorFlow but not Keras or matplotlib."""
+    code = (
+        "import sys, numpy as np\n"
+        "from beam_pipeline import models\n"
+        "c = models.load(models.resolve(sys.argv[1], 'tensorflow'))\n"
+        "assert c.predict(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 1001)\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, float_model],
+        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "['tensorflow']"
 
 
 def test_openvino_scores_match_tensorflow(float_model, shared):

@@ -1,24 +1,51 @@
 """The tensorflow backend: SavedModels with `tf.saved_model.load`, `.tflite` with TensorFlow's TFLite interpreter.
 
 Beam's stock `TFModelHandler*` loads with `tf.keras.models.load_model`, which cannot load TF Hub SavedModels under
-Keras 3, so SavedModels are loaded with `tf.saved_model.load`.
+Keras 3, so SavedModels are loaded with `tf.saved_model.load`, and TensorFlow is imported without Keras (see
+`import_tensorflow`).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
+from types import ModuleType
 
 import numpy as np
 
 from beam_pipeline.backends import tflite
 from beam_pipeline.backends.scores import outputs_are_probabilities, probe_image, softmax
 
+# `import tensorflow` imports this eagerly "so that optimizers register in the SavedModel registry" (b/196254385),
+# which pulls in all of Keras 3 and, through it, matplotlib.pyplot and scikit-learn shims: about 0.6 s and 100 MB
+# that loading and calling a SavedModel's signature never use.
+_EAGER_KERAS_IMPORTS = ("keras.src.optimizers", "tf_keras.src.optimizers")
+
+
+def import_tensorflow() -> ModuleType:
+    """`import tensorflow`, skipping the Keras import its __init__ forces (it catches the ImportError this causes).
+
+    Keras still loads on demand if anything asks for `tf.keras` later.
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    blocked = [name for name in _EAGER_KERAS_IMPORTS if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes that one import raise ImportError
+    try:
+        import tensorflow as tf
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
+    return tf
+
 
 class SavedModelClassifier:
     """A TF2 SavedModel in TF Hub's format: float32 [N,H,W,3] in [0,1] in, logits or probabilities out."""
 
     def __init__(self, path: str):
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         self._module = tf.saved_model.load(path)
         call = self._module.signatures.get("serving_default")
@@ -63,7 +90,7 @@ class TFLiteClassifier:
     """
 
     def __init__(self, model_content: bytes, *, num_threads: int | None = None):
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         self._interpreter = tf.lite.Interpreter(model_content=model_content, num_threads=num_threads)
         self._interpreter.allocate_tensors()
