@@ -142,6 +142,10 @@ def load(ref: ModelRef, *, num_threads: int | None = None) -> Classifier:
 
 
 def _load(ref: ModelRef, num_threads: int | None) -> Classifier:
+    try:  # again here: a worker (e.g. on Dataflow) may lack the runtime the launcher had
+        choose_backend(ref.backend, ref.kind)
+    except BackendError as exc:
+        raise ModelError(f"--backend {exc}") from exc
     try:
         if ref.kind == "tflite":
             with fsspec.open(ref.spec, "rb") as f:

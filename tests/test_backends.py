@@ -228,6 +228,15 @@ def test_a_missing_extra_is_one_line_naming_backend(
     assert message.endswith(expected), message
 
 
+def test_a_worker_without_the_runtime_says_which_extra_it_needs(monkeypatch, float_model):
+    """The ModelRef pickled to a worker names its backend; a worker lacking that runtime says so when it loads."""
+    ref = models.resolve(float_model, "openvino")
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    expected = r"--backend openvino is not installed: pip install 'beam-image-labeller\[openvino\]'"
+    with pytest.raises(models.ModelError, match=expected):
+        models.load(ref, num_threads=1)
+
+
 def test_a_tflite_file_without_litert_suggests_the_tensorflow_backend(
     tmp_path, monkeypatch, tflite_model, labels_file, capsys
 ):
