@@ -18,14 +18,15 @@ backend's (a) and (c) in turn (the backends' order rotates from one repeat to th
     on a pool of os.cpu_count() threads (Pillow releases the GIL), in this process;
 (c) end to end: `python -m beam_pipeline` with only --input/--output/--model/--labels/--backend, as a subprocess:
     images/s = N / wall time of the whole command (interpreter start, imports and model load included), the images/s
-    the job prints itself (its pipeline run only), and the marginal rate once start-up (a 1-image run) is paid; the
-    peak RSS of its largest process; and the share of images whose top-1 class equals tensorflow's in that repeat;
+    the job prints itself (its pipeline run only), and the marginal rate once start-up (a 1-image run) is paid; its
+    CPU time (user + system), which other jobs on a shared machine disturb far less than its wall time; the peak RSS
+    of its largest process; and the share of images whose top-1 class equals tensorflow's in that repeat;
 (d) naive: the pipeline as Beam's documentation writes one (see `naive_baseline`), run by this script in its
     internal `--naive-baseline` mode as a subprocess, images/s = N / wall time of the whole command.
 
 The limit is 1 / (1/model + 1/decode): the best the two stages can do sharing the same cores. It prints figures as
 median [min-max] over the repeats, and ratios taken within one repeat, then summarised the same way: each backend's
-wall time over tensorflow's, end-to-end / limit and end-to-end / naive. Nothing here asserts a time.
+wall (and CPU) time over tensorflow's, end-to-end / limit and end-to-end / naive. Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -76,16 +77,19 @@ MEMORY_LIMIT_MIB = 1536.0  # 1.5 GiB
 SUMMARY_RE = re.compile(r"time: ([\d.]+) s\s+\(([\d.]+) images/s\)")
 COUNTS_RE = re.compile(r"images read: (\d+)\s+labelled: (\d+)\s+failed: (\d+)")
 
-# Runs a command and reports its wall time and the peak RSS of its process tree (the largest single process, as
-# RUSAGE_CHILDREN counts it: every descendant that was waited for) to a JSON file. A fresh wrapper per run gives each
-# run its own measurement; this script's own RUSAGE_CHILDREN would keep the maximum over all earlier runs.
+# Runs a command and reports its wall time, its CPU time (user + system, all processes) and the peak RSS of its
+# process tree (the largest single process, as RUSAGE_CHILDREN counts it: every descendant that was waited for) to
+# a JSON file. A fresh wrapper per run gives each run its own measurement; this script's own RUSAGE_CHILDREN would
+# keep the maximum over all earlier runs.
 _MEASURE_WRAPPER = (
     "import json, resource, subprocess, sys, time\n"
     "start = time.monotonic()\n"
     "code = subprocess.run(sys.argv[2:]).returncode\n"
     "wall = time.monotonic() - start\n"
-    "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-    "json.dump({'returncode': code, 'wall_s': wall, 'maxrss_kib': rss}, open(sys.argv[1], 'w'))\n"
+    "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "cpu = usage.ru_utime + usage.ru_stime\n"
+    "figures = {'returncode': code, 'wall_s': wall, 'cpu_s': cpu, 'maxrss_kib': usage.ru_maxrss}\n"
+    "json.dump(figures, open(sys.argv[1], 'w'))\n"
     "sys.exit(code)\n"
 )
 
@@ -344,10 +348,11 @@ def measure_decode(files: Sequence[Path], size: tuple[int, int], defaults: JobDe
 
 @dataclasses.dataclass
 class Measured:
-    """One subprocess run: exit code, wall time of the whole command, peak RSS, and what it printed."""
+    """One subprocess run: exit code, wall and CPU time of the whole command, peak RSS, and what it printed."""
 
     returncode: int
     wall_s: float
+    cpu_s: float
     maxrss_mib: float
     stdout: str
     stderr: str
@@ -365,8 +370,11 @@ def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> M
             cwd=REPO_ROOT,
             check=False,
         )
-        figures = json.loads(report.read_text()) if report.exists() else {"wall_s": math.nan, "maxrss_kib": 0}
-    return Measured(done.returncode, figures["wall_s"], figures["maxrss_kib"] / 1024, done.stdout, done.stderr)
+        failed = {"wall_s": math.nan, "cpu_s": math.nan, "maxrss_kib": 0}
+        figures = json.loads(report.read_text()) if report.exists() else failed
+    return Measured(
+        done.returncode, figures["wall_s"], figures["cpu_s"], figures["maxrss_kib"] / 1024, done.stdout, done.stderr
+    )
 
 
 def _subprocess_env() -> dict[str, str]:
@@ -404,6 +412,7 @@ def measure_end_to_end(
     return {
         "images_per_s": n / run.wall_s,
         "wall_s": run.wall_s,
+        "cpu_s": run.cpu_s,
         "job_printed_images_per_s": float(printed[2]) if printed else None,
         "job_printed_seconds": float(printed[1]) if printed else None,
         "images_labelled": labelled,
@@ -696,6 +705,7 @@ def _ratios(figures: dict[str, Any]) -> None:
             figs["end_to_end_over_naive"] = e2e["images_per_s"] / figures["naive"]["images_per_s"]
         if e2e and reference:
             figs["wall_over_reference"] = e2e["wall_s"] / reference["wall_s"]
+            figs["cpu_over_reference"] = e2e["cpu_s"] / reference["cpu_s"]
             figs["top1_agreement_with_reference"] = agreement(e2e["top1"], reference["top1"])
     for figs in figures["backends"].values():  # the per-image labels are not kept in the JSON
         figs.get("end_to_end", {}).pop("top1", None)
@@ -735,6 +745,8 @@ def summarise(repeats: list[dict[str, Any]], names: Sequence[str]) -> dict[str, 
             "marginal_over_limit": over(get("marginal_over_limit")),
             "end_to_end_over_naive": over(get("end_to_end_over_naive")),
             "wall_over_reference": over(get("wall_over_reference")),
+            "end_to_end_cpu_s": over(get("end_to_end", "cpu_s")),
+            "cpu_over_reference": over(get("cpu_over_reference")),
             "top1_agreement_with_reference": over(get("top1_agreement_with_reference")),
             "end_to_end_peak_rss_mib": over(get("end_to_end", "peak_rss_mib")),
             "startup_peak_rss_mib": over(get("startup", "peak_rss_mib")),
@@ -774,6 +786,8 @@ def print_summary(
         ("(c) end to end, N / wall time, images/s", "end_to_end_images_per_s", 1),
         ("    wall time of the command, s", "end_to_end_wall_s", 1),
         (f"    wall time / {REFERENCE_BACKEND}'s (same repeat)", "wall_over_reference", 2),
+        ("    CPU time of the command (user + system), s", "end_to_end_cpu_s", 1),
+        (f"    CPU time / {REFERENCE_BACKEND}'s (same repeat)", "cpu_over_reference", 2),
         ("    start-up: wall time of a 1-image run, s", "startup_seconds", 1),
         ("    steady: marginal (N-1)/(wall - start-up), img/s", "end_to_end_marginal_images_per_s", 1),
         ("    steady: as the job prints it, images/s", "end_to_end_job_printed_images_per_s", 1),
