@@ -25,6 +25,10 @@ setup(
         "tfhub": ["tensorflow-hub>=0.16,<0.17", "tf-keras>=2.16,<2.22"],
         "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2024.3", "build>=1"],
         "s3": ["s3fs>=2024.3"],
+        # --backend openvino: the same SavedModels on Intel's OpenVINO runtime, without TensorFlow.
+        "openvino": ["openvino>=2025.0,<2027"],
+        # --backend litert: .tflite files on Google's LiteRT runtime, without TensorFlow.
+        "litert": ["ai-edge-litert>=2.0,<3"],
         # run_local.sh takes its sample photos from these packages.
         "samples": ["scikit-image>=0.22", "matplotlib>=3.8"],
         # beam-image-labeller-report: DuckDB queries the output, matplotlib draws the charts.
@@ -47,6 +51,8 @@ setup(
             "pandas>=2",
             "pyiceberg[sql-sqlite]>=0.9,<1",  # the two-night warehouse test commits to a local Iceberg table
             "hypothesis>=6",  # property-style tests of the one-row-per-input invariant
+            "ai-edge-litert>=2.0,<3",
+            "openvino>=2025.0,<2027",
         ],
     },
     entry_points={

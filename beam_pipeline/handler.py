@@ -24,6 +24,7 @@ class ScoredClass:
 class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, models.Classifier]):
     """Loads the model a ModelRef names and turns uint8 image batches into top-k (class, label, score) lists.
 
+    The ModelRef carries the backend chosen at launch, so every worker loads the model on that same runtime.
     Beam calls `load_model` once per worker process (or once per VM with `large_model`) and shares the model
     between the process's threads; `batch_elements_kwargs` sets the batch sizes RunInference's BatchElements uses.
     """

@@ -36,7 +36,7 @@ class JobConfig:
     run_id: str
     started_at: datetime.datetime
     model: models.ModelRef
-    backend: str
+    backend: str  # the runtime every worker loads the model with (also in model.backend, which the handler reads)
     labels: list[str]
     input_size: tuple[int, int]
     top_k: int
@@ -76,8 +76,10 @@ def prepare(flags, *, local: bool = True) -> JobConfig:
     except incremental.EarlierOutputError as exc:
         raise LaunchError("--skip-labelled", str(exc)) from exc
     try:
-        model_ref = models.resolve(flags.model)
+        model_ref = models.resolve(flags.model, flags.backend)
         classifier = models.load(model_ref)
+    except models.BackendError as exc:
+        raise LaunchError("--backend", str(exc)) from exc
     except models.ModelError as exc:
         raise LaunchError("--model", str(exc)) from exc
     try:
@@ -120,7 +122,7 @@ def prepare(flags, *, local: bool = True) -> JobConfig:
         run_id=run_id,
         started_at=started_at,
         model=model_ref,
-        backend="tensorflow",
+        backend=model_ref.backend,
         labels=label_names,
         input_size=classifier.input_size,
         top_k=flags.top_k,

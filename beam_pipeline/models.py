@@ -1,16 +1,19 @@
-"""Finds the model that `--model` names and loads it as a classifier that returns class probabilities.
+"""Finds the model that `--model` names, picks the runtime (`--backend`) and loads it as a probability classifier.
 
-Beam's stock `TFModelHandler*` loads with `tf.keras.models.load_model`, which cannot load TF Hub SavedModels under
-Keras 3, so SavedModels are loaded here with `tf.saved_model.load` (TF Hub handles through `tensorflow_hub`).
-Only SavedModel protobufs, variables and `.tflite` flatbuffers are read: nothing from a model repository is
-unpickled or executed as Python.
+Resolution (Hugging Face Hub, TF Hub, any fsspec filesystem) ends in a local SavedModel folder or `.tflite` bytes;
+each runtime in `beam_pipeline.backends` loads those. Only SavedModel protobufs, variables and `.tflite`
+flatbuffers are read: nothing from a model repository is unpickled or executed as Python. Nothing here imports
+TensorFlow unless the tensorflow backend (or a TF Hub handle, see `_tfhub_dir`) needs it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -24,18 +27,35 @@ TFHUB_HOSTS = ("tfhub.dev", "www.kaggle.com", "kaggle.com")
 HF_ALLOWED_FILES = ["*.pb", "variables/*", "assets/*", "*.tflite", "*.txt", "*.json", "*.md"]
 _HF_SPEC = re.compile(r"^hf://(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 
+BACKENDS = ("tensorflow", "openvino", "litert")
+DEFAULT_BACKEND = "tensorflow"
+DEFAULT_TFLITE_BACKEND = "litert"
+# The module each backend imports, and the setup.py extra that installs it (tensorflow is a core dependency).
+_BACKEND_MODULE = {"tensorflow": "tensorflow", "openvino": "openvino", "litert": "ai_edge_litert"}
+_BACKEND_EXTRA = {"openvino": "openvino", "litert": "litert"}
+# What each backend can read, by ModelRef.kind ("savedmodel" covers huggingface and tfhub too).
+_BACKEND_FORMATS = {"tensorflow": {"savedmodel", "tflite"}, "openvino": {"savedmodel"}, "litert": {"tflite"}}
+
 
 class ModelError(Exception):
     """The model cannot be found or loaded."""
 
 
+class BackendError(Exception):
+    """The chosen --backend is not installed or cannot run the model."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelRef:
-    """A model as resolved at launch: what `--model` said, its kind, and the pinned revision if any."""
+    """A model as resolved at launch: what `--model` said, its kind, the pinned revision, and the runtime to use.
+
+    The backend travels with the model so that every worker (through the ModelHandler) loads the same runtime.
+    """
 
     spec: str
     kind: str  # "huggingface" | "tfhub" | "savedmodel" | "tflite"
     revision: str | None = None
+    backend: str = DEFAULT_BACKEND
 
     @property
     def model_id(self) -> str:
@@ -72,12 +92,36 @@ def kind_of(spec: str) -> str:
     return "savedmodel"
 
 
-def resolve(spec: str) -> ModelRef:
-    """Resolves `--model` at launch; for the Hugging Face Hub this pins the revision (a commit hash)."""
+def choose_backend(requested: str | None, kind: str) -> str:
+    """The runtime for a model of this kind: `requested`, or the default (litert for .tflite, else tensorflow).
+
+    Raises BackendError when that runtime cannot read the model or its extra is not installed.
+    """
+    fmt = "tflite" if kind == "tflite" else "savedmodel"
+    backend = requested or (DEFAULT_TFLITE_BACKEND if fmt == "tflite" else DEFAULT_BACKEND)
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    if fmt not in _BACKEND_FORMATS[backend]:
+        readers = [b for b in BACKENDS if fmt in _BACKEND_FORMATS[b]]
+        what = ".tflite files" if fmt == "tflite" else "SavedModels"
+        raise BackendError(f"{backend} cannot run {what}; use {' or '.join(readers)}")
+    if importlib.util.find_spec(_BACKEND_MODULE[backend]) is None:
+        hint = f"pip install 'beam-image-labeller[{_BACKEND_EXTRA[backend]}]'" if backend in _BACKEND_EXTRA else ""
+        if backend == "litert" and requested is None:
+            hint += " (or --backend tensorflow for TensorFlow's deprecated TFLite interpreter)"
+        raise BackendError(f"{backend} is not installed: {hint}".rstrip(": "))
+    return backend
+
+
+def resolve(spec: str, backend: str | None = None) -> ModelRef:
+    """Resolves `--model` and `--backend` at launch; for the Hugging Face Hub this pins the revision (a commit hash).
+
+    Raises ModelError for the model, BackendError for the backend.
+    """
     kind = kind_of(spec)
-    if kind == "huggingface":
-        return ModelRef(spec, kind, revision=Path(_hf_snapshot(spec)).name)
-    return ModelRef(spec, kind)
+    chosen = choose_backend(backend, kind)
+    revision = Path(_hf_snapshot(spec)).name if kind == "huggingface" else None
+    return ModelRef(spec, kind, revision=revision, backend=chosen)
 
 
 _loaded: dict[tuple[ModelRef, int | None], Classifier] = {}
@@ -85,10 +129,10 @@ _loading = threading.Lock()
 
 
 def load(ref: ModelRef, *, num_threads: int | None = None) -> Classifier:
-    """The classifier a ModelRef names, loaded once per process; raises ModelError with what and where.
+    """The classifier a ModelRef names, on its backend, loaded once per process; raises ModelError.
 
     A local run's workers live in the launcher's process, so they reuse the model the launch check loaded
-    (saving a second SavedModel load and trace, ~2 s); elsewhere Beam's Shared handle calls this once per process.
+    (saving a second load, ~2 s with TensorFlow); elsewhere Beam's Shared handle calls this once per process.
     """
     with _loading:
         key = (ref, num_threads)
@@ -98,11 +142,29 @@ def load(ref: ModelRef, *, num_threads: int | None = None) -> Classifier:
 
 
 def _load(ref: ModelRef, num_threads: int | None) -> Classifier:
+    try:  # again here: a worker (e.g. on Dataflow) may lack the runtime the launcher had
+        choose_backend(ref.backend, ref.kind)
+    except BackendError as exc:
+        raise ModelError(f"--backend {exc}") from exc
     try:
         if ref.kind == "tflite":
             with fsspec.open(ref.spec, "rb") as f:
-                return TFLiteClassifier(f.read(), num_threads=num_threads)
-        return SavedModelClassifier(_local_savedmodel_dir(ref))
+                content = f.read()
+            if ref.backend == "litert":
+                from beam_pipeline.backends.litert import LiteRTClassifier
+
+                return LiteRTClassifier(content, num_threads=num_threads)
+            from beam_pipeline.backends.tensorflow import TFLiteClassifier
+
+            return TFLiteClassifier(content, num_threads=num_threads)
+        folder = _local_savedmodel_dir(ref)
+        if ref.backend == "openvino":
+            from beam_pipeline.backends.openvino import OpenVINOClassifier
+
+            return OpenVINOClassifier(folder, num_threads=num_threads)
+        from beam_pipeline.backends.tensorflow import SavedModelClassifier
+
+        return SavedModelClassifier(folder)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure is reported the same way
@@ -123,9 +185,7 @@ def _local_savedmodel_dir(ref: ModelRef) -> str:
     if ref.kind == "huggingface":
         return _find_savedmodel(_hf_snapshot(ref.spec, ref.revision))
     if ref.kind == "tfhub":
-        import tensorflow_hub as hub
-
-        return hub.resolve(ref.spec)
+        return _find_savedmodel(_tfhub_dir(ref.spec, in_process=ref.backend == "tensorflow"))
     fs, path = fsspec.core.url_to_fs(ref.spec)
     if "file" in fs.protocol:
         return _find_savedmodel(path)
@@ -134,119 +194,37 @@ def _local_savedmodel_dir(ref: ModelRef) -> str:
     return _find_savedmodel(local)
 
 
+def _tfhub_dir(handle: str, *, in_process: bool) -> str:
+    """tensorflow_hub's download and cache (honouring TFHUB_CACHE_DIR) for a TF Hub / Kaggle handle.
+
+    tensorflow_hub imports TensorFlow, so for the other backends it runs in a child process: the worker itself stays
+    free of TensorFlow's import time and memory, and the handle resolves exactly as the tensorflow backend's would.
+    """
+    if importlib.util.find_spec("tensorflow_hub") is None:
+        raise ModelError("TF Hub handles need tensorflow-hub: pip install 'beam-image-labeller[tfhub]'")
+    if in_process:
+        import tensorflow_hub as hub
+
+        return hub.resolve(handle)
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, tensorflow_hub as hub; print(hub.resolve(sys.argv[1]))", handle],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        check=False,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelError(f"cannot resolve TF Hub handle {handle!r}: {last}")
+    return done.stdout.strip().splitlines()[-1]
+
+
 def _find_savedmodel(root: str) -> str:
     """The directory under root that holds saved_model.pb (a Hub repo may keep it in a subfolder)."""
     found = sorted(Path(root).rglob("saved_model.pb"), key=lambda p: len(p.parts))
     if not found:
         raise ModelError(f"no saved_model.pb under {root}")
     return str(found[0].parent)
-
-
-def _outputs_are_probabilities(outputs: np.ndarray) -> bool:
-    """True when a model already ends in softmax (rows are non-negative and sum to 1)."""
-    return bool(np.all(outputs >= 0) and np.allclose(outputs.sum(axis=1), 1.0, atol=0.02))
-
-
-def _probe_image(width: int, height: int) -> np.ndarray:
-    """A fixed, non-uniform probe image for checking what kind of scores a model outputs."""
-    ramp = np.linspace(0, 255, width * height * 3, dtype=np.float32).reshape(1, height, width, 3)
-    return ramp.astype(np.uint8)
-
-
-class SavedModelClassifier:
-    """A TF2 SavedModel in TF Hub's format: float32 [N,H,W,3] in [0,1] in, logits or probabilities out."""
-
-    def __init__(self, path: str):
-        import tensorflow as tf
-
-        self._module = tf.saved_model.load(path)
-        call = self._module.signatures.get("serving_default")
-        height, width = 224, 224
-        if call is not None:
-            (spec,) = call.structured_input_signature[1].values()
-            height = spec.shape[1] or height
-            width = spec.shape[2] or width
-            (output_name,) = call.structured_outputs.keys()
-
-            def model_fn(x):
-                return call(x)[output_name]
-        else:  # a reusable SavedModel without signatures: its __call__ is the model
-
-            def model_fn(x):
-                return self._module(x)
-
-        self.input_size = (width, height)
-
-        def predict(images, softmax):
-            x = tf.cast(images, tf.float32) * (1.0 / 255.0)
-            scores = model_fn(x)
-            return tf.nn.softmax(scores) if softmax else scores
-
-        # The scaling to [0,1] and the softmax run inside one tf.function: no float64 and no extra copies.
-        self._predict = tf.function(
-            predict,
-            input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8), tf.TensorSpec([], tf.bool)],
-        )
-        raw = self._predict(_probe_image(width, height), tf.constant(False)).numpy()
-        self._softmax = not _outputs_are_probabilities(raw)
-        self.num_classes = raw.shape[1]
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        return self._predict(images, self._softmax).numpy()
-
-
-class TFLiteClassifier:
-    """A `.tflite` classifier run with TensorFlow's TFLite interpreter.
-
-    Quantised models are fed the way they were trained: uint8 pixels as they are (int8: shifted by 128), since their
-    input quantisation already maps the pixel range onto the model's normalised input; quantised outputs are
-    dequantised with the output tensor's own scale and zero point. Float models get float32 in [0,1].
-    """
-
-    def __init__(self, model_content: bytes, *, num_threads: int | None = None):
-        import tensorflow as tf
-
-        self._interpreter = tf.lite.Interpreter(model_content=model_content, num_threads=num_threads)
-        self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
-        _, height, width, _ = self._input["shape"]
-        self.input_size = (int(width), int(height))
-        self._lock = threading.Lock()  # an interpreter is not thread-safe; Beam shares one between threads
-        raw = self._invoke_one(_probe_image(width, height)[0])
-        scale, zero_point = self._output["quantization"]
-        if scale:  # a quantised output whose range is [0, 1) is a softmax; rounding spoils the sum-to-1 probe
-            self._softmax = not (zero_point == 0 and scale * 255 <= 1.0)
-        else:
-            self._softmax = not _outputs_are_probabilities(raw[None])
-        self.num_classes = raw.shape[0]
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        # The interpreter's batch size is fixed by the file (1 here); resizing it fails under XNNPACK for this model.
-        with self._lock:
-            scores = np.stack([self._invoke_one(image) for image in images])
-        return _softmax(scores) if self._softmax else scores
-
-    def _invoke_one(self, image: np.ndarray) -> np.ndarray:
-        dtype = self._input["dtype"]
-        if dtype == np.uint8:
-            x = image
-        elif dtype == np.int8:
-            x = (image.astype(np.int16) - 128).astype(np.int8)
-        else:
-            x = image.astype(np.float32) * (1.0 / 255.0)
-        self._interpreter.set_tensor(self._input["index"], x[None])
-        self._interpreter.invoke()
-        out = self._interpreter.get_tensor(self._output["index"])[0]
-        scale, zero_point = self._output["quantization"]
-        if scale:
-            return (out.astype(np.float32) - zero_point) * scale
-        return out.astype(np.float32)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def default_num_threads() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from beam_pipeline.labels import DEFAULT_LABELS_URL
+from beam_pipeline.models import BACKENDS
 from beam_pipeline.preprocess import RESIZE_MODES
 from beam_pipeline.reading import DEFAULT_ALLOWED_SCHEMES, DEFAULT_READ_RETRIES, DEFAULT_READ_TIMEOUT
 
@@ -95,6 +96,13 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODEL,
         help="hf://OWNER/REPO[@REVISION], a TF Hub/Kaggle handle URL, a SavedModel directory (local or any "
         f"fsspec URL), or a .tflite file (default: {DEFAULT_MODEL}).",
+    )
+    group.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="Runtime for the model: tensorflow, openvino (SavedModels, without TensorFlow; the [openvino] extra) or "
+        "litert (.tflite files, without TensorFlow; the [litert] extra). Default: litert for .tflite files, "
+        "else tensorflow.",
     )
     group.add_argument(
         "--labels",

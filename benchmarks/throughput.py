@@ -1,27 +1,32 @@
-"""Throughput benchmark of the labelling job (issue 3, part 1): model, decode, end to end, and a naive baseline.
+"""Throughput benchmark of the labelling job: every installed backend, decode, end to end, and a naive baseline.
 
 Run from the repository root with the project's venv active (see benchmarks/README.md)::
 
-    python benchmarks/throughput.py                      # N=1000 images, 3 interleaved repeats
+    python benchmarks/throughput.py                      # N=1000 images, 3 interleaved repeats, every backend
     python benchmarks/throughput.py --n 100 --repeats 1  # a quick check
+    python benchmarks/throughput.py --corpus web --n 2000 --stages model e2e  # the backends' acceptance run
     python benchmarks/throughput.py --json bench.json    # all figures, for comparison across commits
     python benchmarks/throughput.py --memory-check       # peak RSS of the job on 1,000 and 10,000 images
 
-Each repeat measures, in this order:
+The backends are those of `--backends` that are installed (default: all): tensorflow and openvino run `--model` (the
+float SavedModel), litert runs `--tflite-model` (the uint8 .tflite). Each repeat measures, in this order, every
+backend's (a) and (c) in turn (the backends' order rotates from one repeat to the next), then (b) and (d):
 
 (a) model: `beam_pipeline.models.load(...).predict` on pre-decoded uint8 [B,224,224,3] batches, B = the job's default
     --max-batch-size, in this process;
 (b) decode: `beam_pipeline.preprocess.decode_image` over the corpus bytes (read from disk before the clock starts),
     on a pool of os.cpu_count() threads (Pillow releases the GIL), in this process;
-(c) end to end: `python -m beam_pipeline` with only --input/--output/--model/--labels, as a subprocess:
-    images/s = N / wall time of the whole command (interpreter start, imports and model load included), and also the
-    images/s the job prints itself (its pipeline run only);
+(c) end to end: `python -m beam_pipeline` with only --input/--output/--model/--labels/--backend, as a subprocess:
+    images/s = N / wall time of the whole command (interpreter start, imports and model load included), the images/s
+    the job prints itself (its pipeline run only), and the marginal rate once start-up (a 1-image run) is paid; its
+    CPU time (user + system), which other jobs on a shared machine disturb far less than its wall time; the peak RSS
+    of its largest process; and the share of images whose top-1 class equals tensorflow's in that repeat;
 (d) naive: the pipeline as Beam's documentation writes one (see `naive_baseline`), run by this script in its
     internal `--naive-baseline` mode as a subprocess, images/s = N / wall time of the whole command.
 
 The limit is 1 / (1/model + 1/decode): the best the two stages can do sharing the same cores. It prints figures as
-median [min-max] over the repeats, the ratios end-to-end / limit and end-to-end / naive (each taken within one
-repeat, then summarised the same way), and the peak RSS of every pipeline subprocess. Nothing here asserts a time.
+median [min-max] over the repeats, and ratios taken within one repeat, then summarised the same way: each backend's
+wall (and CPU) time over tensorflow's, end-to-end / limit and end-to-end / naive. Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import datetime
+import importlib.metadata
 import json
 import math
 import os
@@ -56,6 +62,10 @@ SIZE_MIX: tuple[tuple[float, tuple[int, int]], ...] = (
     (0.2, (1920, 1080)),
     (0.1, (4000, 3000)),
 )
+# --corpus: "mixed" (phone and camera sizes, SIZE_MIX) or "web" (every image 500x375, ImageNet-like web photos).
+CORPORA: dict[str, tuple[tuple[float, tuple[int, int]], ...]] = {"mixed": SIZE_MIX, "web": ((1.0, (500, 375)),)}
+BACKEND_ORDER = ("tensorflow", "openvino", "litert")
+REFERENCE_BACKEND = "tensorflow"  # wall-time ratios and top-1 agreement are taken against this backend
 JPEG_QUALITY = 90
 # Upscaled photos are smoother than camera photos (smaller files, cheaper entropy decoding). Gaussian noise of this
 # standard deviation (in 8-bit levels) brings a 4000x3000 JPEG at quality 90 to about 2 MB, a camera-like size.
@@ -67,16 +77,19 @@ MEMORY_LIMIT_MIB = 1536.0  # 1.5 GiB
 SUMMARY_RE = re.compile(r"time: ([\d.]+) s\s+\(([\d.]+) images/s\)")
 COUNTS_RE = re.compile(r"images read: (\d+)\s+labelled: (\d+)\s+failed: (\d+)")
 
-# Runs a command and reports its wall time and the peak RSS of its process tree (the largest single process, as
-# RUSAGE_CHILDREN counts it: every descendant that was waited for) to a JSON file. A fresh wrapper per run gives each
-# run its own measurement; this script's own RUSAGE_CHILDREN would keep the maximum over all earlier runs.
+# Runs a command and reports its wall time, its CPU time (user + system, all processes) and the peak RSS of its
+# process tree (the largest single process, as RUSAGE_CHILDREN counts it: every descendant that was waited for) to
+# a JSON file. A fresh wrapper per run gives each run its own measurement; this script's own RUSAGE_CHILDREN would
+# keep the maximum over all earlier runs.
 _MEASURE_WRAPPER = (
     "import json, resource, subprocess, sys, time\n"
     "start = time.monotonic()\n"
     "code = subprocess.run(sys.argv[2:]).returncode\n"
     "wall = time.monotonic() - start\n"
-    "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-    "json.dump({'returncode': code, 'wall_s': wall, 'maxrss_kib': rss}, open(sys.argv[1], 'w'))\n"
+    "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "cpu = usage.ru_utime + usage.ru_stime\n"
+    "figures = {'returncode': code, 'wall_s': wall, 'cpu_s': cpu, 'maxrss_kib': usage.ru_maxrss}\n"
+    "json.dump(figures, open(sys.argv[1], 'w'))\n"
     "sys.exit(code)\n"
 )
 
@@ -136,14 +149,14 @@ def source_photos() -> list[tuple[str, Any]]:
     return photos
 
 
-def size_plan(n: int) -> list[tuple[int, int]]:
-    """The (width, height) of each of the n images: SIZE_MIX's shares (largest remainders), in a seeded order."""
-    exact = [share * n for share, _ in SIZE_MIX]
+def size_plan(n: int, mix: tuple[tuple[float, tuple[int, int]], ...] = SIZE_MIX) -> list[tuple[int, int]]:
+    """The (width, height) of each of the n images: the mix's shares (largest remainders), in a seeded order."""
+    exact = [share * n for share, _ in mix]
     counts = [math.floor(x) for x in exact]
-    by_remainder = sorted(range(len(SIZE_MIX)), key=lambda i: exact[i] - counts[i], reverse=True)
+    by_remainder = sorted(range(len(mix)), key=lambda i: exact[i] - counts[i], reverse=True)
     for i in by_remainder[: n - sum(counts)]:
         counts[i] += 1
-    plan = [size for (_, size), count in zip(SIZE_MIX, counts) for _ in range(count)]
+    plan = [size for (_, size), count in zip(mix, counts) for _ in range(count)]
     random.Random(SEED).shuffle(plan)
     return plan
 
@@ -180,18 +193,20 @@ def _corpus_is_complete(folder: Path, key: dict[str, Any]) -> bool:
         return False
 
 
-def build_corpus(n: int, root: Path | None = None) -> Path:
-    """The folder of the n-image corpus, built on first use and cached (keyed by n and CORPUS_VERSION)."""
+def build_corpus(n: int, root: Path | None = None, corpus: str = "mixed") -> Path:
+    """The folder of the n-image corpus, built on first use and cached (keyed by n, the corpus and CORPUS_VERSION)."""
     root = root or cache_root()
-    key = {"version": CORPUS_VERSION, "n": n, "mix": SIZE_MIX, "quality": JPEG_QUALITY, "noise": SENSOR_NOISE_SIGMA}
+    mix = CORPORA[corpus]
+    version = CORPUS_VERSION if corpus == "mixed" else f"{CORPUS_VERSION}-{corpus}"
+    key = {"version": version, "n": n, "mix": mix, "quality": JPEG_QUALITY, "noise": SENSOR_NOISE_SIGMA}
     key = json.loads(json.dumps(key))  # tuples as lists, as they read back
-    folder = root / f"bench-corpus-{n}-{CORPUS_VERSION}"
+    folder = root / f"bench-corpus-{n}-{version}"
     if _corpus_is_complete(folder, key):
         return folder
     print(f"building the corpus of {n} JPEGs in {folder} (once; later runs reuse it) ...", flush=True)
     started = time.monotonic()
     photos = source_photos()
-    plan = size_plan(n)
+    plan = size_plan(n, mix)
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=_mkdirs(root)))
 
     def make(i: int) -> dict[str, Any]:
@@ -278,11 +293,11 @@ def job_defaults() -> JobDefaults:
 class ModelBench:
     """(a) The model alone: the job's classifier on pre-decoded uint8 batches of the job's max batch size."""
 
-    def __init__(self, model: str, files: Sequence[Path], defaults: JobDefaults):
+    def __init__(self, model: str, backend: str, files: Sequence[Path], defaults: JobDefaults):
         from beam_pipeline import models
         from beam_pipeline.preprocess import decode_image
 
-        self.classifier = models.load(models.resolve(model))
+        self.classifier = models.load(models.resolve(model, backend))
         self.batch_size = defaults.max_batch_size
         width, height = self.classifier.input_size
         images = [
@@ -333,10 +348,11 @@ def measure_decode(files: Sequence[Path], size: tuple[int, int], defaults: JobDe
 
 @dataclasses.dataclass
 class Measured:
-    """One subprocess run: exit code, wall time of the whole command, peak RSS, and what it printed."""
+    """One subprocess run: exit code, wall and CPU time of the whole command, peak RSS, and what it printed."""
 
     returncode: int
     wall_s: float
+    cpu_s: float
     maxrss_mib: float
     stdout: str
     stderr: str
@@ -354,8 +370,11 @@ def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> M
             cwd=REPO_ROOT,
             check=False,
         )
-        figures = json.loads(report.read_text()) if report.exists() else {"wall_s": math.nan, "maxrss_kib": 0}
-    return Measured(done.returncode, figures["wall_s"], figures["maxrss_kib"] / 1024, done.stdout, done.stderr)
+        failed = {"wall_s": math.nan, "cpu_s": math.nan, "maxrss_kib": 0}
+        figures = json.loads(report.read_text()) if report.exists() else failed
+    return Measured(
+        done.returncode, figures["wall_s"], figures["cpu_s"], figures["maxrss_kib"] / 1024, done.stdout, done.stderr
+    )
 
 
 def _subprocess_env() -> dict[str, str]:
@@ -371,16 +390,20 @@ def _check_ran(what: str, run: Measured) -> None:
         raise SystemExit(f"{what} failed with exit code {run.returncode}:\n{tail}")
 
 
-def measure_end_to_end(corpus: Path, n: int, model: str, labels: str, job_args: Sequence[str]) -> dict[str, Any]:
+def measure_end_to_end(
+    corpus: Path, n: int, model: str, labels: str, job_args: Sequence[str], backend: str | None = None
+) -> dict[str, Any]:
     """(c) `python -m beam_pipeline` with its defaults: N / wall time of the whole command, and what it prints.
 
-    `corpus` may be a folder or a single image (the start-up measurement).
+    `corpus` may be a folder or a single image (the start-up measurement). The result's "top1" maps each image's
+    file name to the class id the job put first.
     """
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as out:
         command = [sys.executable, "-m", "beam_pipeline", "--input", str(corpus), "--output", f"{out}/labels"]
-        command += ["--model", model, "--labels", labels, *job_args]
+        command += ["--model", model, "--labels", labels, *(["--backend", backend] if backend else []), *job_args]
         run = run_measured(command, _subprocess_env())
-    _check_ran("the job", run)
+        _check_ran("the job", run)
+        top1 = read_top1(Path(out))
     printed = SUMMARY_RE.search(run.stdout)
     counts = COUNTS_RE.search(run.stdout)
     labelled = int(counts[2]) if counts else None
@@ -389,11 +412,30 @@ def measure_end_to_end(corpus: Path, n: int, model: str, labels: str, job_args: 
     return {
         "images_per_s": n / run.wall_s,
         "wall_s": run.wall_s,
+        "cpu_s": run.cpu_s,
         "job_printed_images_per_s": float(printed[2]) if printed else None,
         "job_printed_seconds": float(printed[1]) if printed else None,
         "images_labelled": labelled,
         "peak_rss_mib": run.maxrss_mib,
+        "top1": top1,
     }
+
+
+def read_top1(folder: Path) -> dict[str, int]:
+    """{file name: top-1 class id} from a job's Parquet shards in `folder` (error rows have no class)."""
+    import pyarrow.parquet as pq
+
+    top1 = {}
+    for shard in sorted(folder.glob("labels-*.parquet")):
+        for row in pq.read_table(shard, columns=["uri", "top_k"]).to_pylist():
+            if row["top_k"]:
+                top1[Path(row["uri"]).name] = row["top_k"][0]["class_id"]
+    return top1
+
+
+def agreement(top1: dict[str, int], reference: dict[str, int]) -> float:
+    """The share of the reference's images that got the same top-1 class."""
+    return sum(top1.get(name) == class_id for name, class_id in reference.items()) / len(reference)
 
 
 def measure_naive(corpus: Path, n: int, model: str) -> dict[str, Any]:
@@ -510,7 +552,7 @@ def limit(model_ips: float, decode_ips: float) -> float:
 
 
 def environment() -> dict[str, Any]:
-    """What the figures depend on: commit, versions, cores, thread settings."""
+    """What the figures depend on: commit, versions (read without importing the runtimes), cores, thread settings."""
 
     def git(*args: str) -> str | None:
         try:
@@ -518,28 +560,63 @@ def environment() -> dict[str, Any]:
         except (OSError, subprocess.CalledProcessError):
             return None
 
-    import apache_beam
-    import PIL
-    import tensorflow as tf
+    def version(*distributions: str) -> str | None:
+        for name in distributions:
+            try:
+                return importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return None
 
     return {
         "commit": (git("rev-parse", "HEAD") or "").strip() or None,
         "dirty": bool((git("status", "--porcelain", "--untracked-files=no") or "").strip()),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
-        "apache_beam": apache_beam.__version__,
-        "tensorflow": tf.__version__,
-        "pillow": PIL.__version__,
+        "apache_beam": version("apache-beam"),
+        "tensorflow": version("tensorflow-cpu", "tensorflow"),
+        "openvino": version("openvino"),
+        "ai_edge_litert": version("ai-edge-litert"),
+        "pillow": version("pillow"),
         "cpu_count": os.cpu_count(),
+        "cpu": _cpu_name(),
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "env": {k: v for k, v in os.environ.items() if k.startswith(("TF_NUM_", "OMP_", "MKL_"))},
     }
 
 
+def _cpu_name() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
+def installed_backends(wanted: Sequence[str], model: str, tflite_model: str) -> dict[str, str]:
+    """{backend: the model it runs} for the wanted backends that are installed (a missing one is reported)."""
+    from beam_pipeline import models
+
+    chosen = {}
+    for backend in BACKEND_ORDER:
+        if backend not in wanted:
+            continue
+        spec = tflite_model if backend == "litert" else model
+        try:
+            models.choose_backend(backend, models.kind_of(spec))
+        except models.BackendError as exc:
+            print(f"skipping --backend {backend}: {exc}")
+            continue
+        chosen[backend] = spec
+    if not chosen:
+        raise SystemExit("none of the backends asked for is installed")
+    return chosen
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Builds (or reuses) the corpus and runs the interleaved, repeated measurements; prints and returns figures."""
     stages = set(args.stages)
-    corpus = build_corpus(args.n)
+    corpus = build_corpus(args.n, corpus=args.corpus)
     files = corpus_files(corpus)
     defaults = job_defaults()
     env = environment()
@@ -548,52 +625,94 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     for size, info in sizes.items():
         print(f"  {size:>9}: {info['count']:5d} images, mean {info['mean_kb']} kB")
     print(
-        f"commit {env['commit']}{' (dirty)' if env['dirty'] else ''}, {env['cpu_count']} cores, "
-        f"beam {env['apache_beam']}, tensorflow {env['tensorflow']}, load average {env['load_average_at_start']}"
+        f"commit {env['commit']}{' (dirty)' if env['dirty'] else ''}, {env['cpu_count']} cores ({env['cpu']}), "
+        f"beam {env['apache_beam']}, tensorflow {env['tensorflow']}, openvino {env['openvino']}, "
+        f"ai-edge-litert {env['ai_edge_litert']}, load average {env['load_average_at_start']}"
     )
     if args.job_arg:
         print(f"extra job arguments: {' '.join(args.job_arg)}")
+    backends = installed_backends(args.backends, args.model, args.tflite_model)
+    names = list(backends)
+    print("backends: " + ", ".join(f"{b} ({Path(m).name})" for b, m in backends.items()))
 
-    model_bench = ModelBench(args.model, files, defaults) if "model" in stages else None
-    size = model_bench.classifier.input_size if model_bench else (224, 224)
+    benches = {b: ModelBench(m, b, files, defaults) for b, m in backends.items()} if "model" in stages else {}
+    size = next(iter(benches.values())).classifier.input_size if benches else (224, 224)
     repeats: list[dict[str, Any]] = []
     for r in range(args.repeats):
-        figures: dict[str, Any] = {}
-        if model_bench:
-            figures["model"] = model_bench.run(args.n)
-            print(f"[{r + 1}/{args.repeats}] model      {figures['model']['images_per_s']:8.1f} images/s", flush=True)
+        tag = f"[{r + 1}/{args.repeats}]"
+        figures: dict[str, Any] = {"backends": {b: {} for b in names}}
+        for backend in names[r % len(names) :] + names[: r % len(names)]:  # each repeat starts with the next one
+            spec, figs = backends[backend], figures["backends"][backend]
+            if backend in benches:
+                figs["model"] = benches[backend].run(args.n)
+                print(f"{tag} {backend:<10} model      {figs['model']['images_per_s']:8.1f} images/s", flush=True)
+            if "e2e" in stages:
+                e2e = figs["end_to_end"] = measure_end_to_end(corpus, args.n, spec, args.labels, args.job_arg, backend)
+                # The fixed cost of a run (interpreter, imports, launch checks, model load, runner start-up) is the
+                # wall time of the same command on one image; what is left is the marginal rate.
+                startup = figs["startup"] = measure_end_to_end(files[0], 1, spec, args.labels, args.job_arg, backend)
+                startup.pop("top1")
+                e2e["marginal_images_per_s"] = (args.n - 1) / (e2e["wall_s"] - startup["wall_s"])
+                print(
+                    f"{tag} {backend:<10} end to end {e2e['images_per_s']:8.1f} images/s, wall {e2e['wall_s']:.1f} s "
+                    f"(job prints {e2e['job_printed_images_per_s']}; start-up {startup['wall_s']:.1f} s, "
+                    f"marginal {e2e['marginal_images_per_s']:.1f} images/s), peak RSS {e2e['peak_rss_mib']:.0f} MiB",
+                    flush=True,
+                )
         if "decode" in stages:
             figures["decode"] = measure_decode(files, size, defaults)
-            print(f"[{r + 1}/{args.repeats}] decode     {figures['decode']['images_per_s']:8.1f} images/s", flush=True)
-        if "e2e" in stages:
-            e2e = figures["end_to_end"] = measure_end_to_end(corpus, args.n, args.model, args.labels, args.job_arg)
-            # The fixed cost of a run (interpreter, TensorFlow and Beam imports, launch checks, model load, runner
-            # start-up) is the wall time of the same command on one image; what is left is the marginal rate.
-            startup = figures["startup"] = measure_end_to_end(files[0], 1, args.model, args.labels, args.job_arg)
-            e2e["marginal_images_per_s"] = (args.n - 1) / (e2e["wall_s"] - startup["wall_s"])
-            print(
-                f"[{r + 1}/{args.repeats}] end to end {e2e['images_per_s']:8.1f} images/s "
-                f"(job prints {e2e['job_printed_images_per_s']}; start-up {startup['wall_s']:.1f} s, "
-                f"marginal {e2e['marginal_images_per_s']:.1f} images/s), peak RSS {e2e['peak_rss_mib']:.0f} MiB",
-                flush=True,
-            )
+            print(f"{tag} decode                {figures['decode']['images_per_s']:8.1f} images/s", flush=True)
         if "naive" in stages:
             naive = figures["naive"] = measure_naive(corpus, args.n, args.model)
             print(
-                f"[{r + 1}/{args.repeats}] naive      {naive['images_per_s']:8.1f} images/s, "
+                f"{tag} naive                 {naive['images_per_s']:8.1f} images/s, "
                 f"peak RSS {naive['peak_rss_mib']:.0f} MiB",
                 flush=True,
             )
-        if "model" in figures and "decode" in figures:
-            figures["limit_images_per_s"] = limit(figures["model"]["images_per_s"], figures["decode"]["images_per_s"])
-            if "end_to_end" in figures:
-                figures["end_to_end_over_limit"] = figures["end_to_end"]["images_per_s"] / figures["limit_images_per_s"]
-                figures["marginal_over_limit"] = (
-                    figures["end_to_end"]["marginal_images_per_s"] / figures["limit_images_per_s"]
-                )
-        if "end_to_end" in figures and "naive" in figures:
-            figures["end_to_end_over_naive"] = figures["end_to_end"]["images_per_s"] / figures["naive"]["images_per_s"]
+        _ratios(figures)
         repeats.append(figures)
+
+    summary = summarise(repeats, names)
+    print_summary(args, summary, names, backends, benches, defaults, repeats)
+    return {
+        "benchmark": "throughput",
+        "n": args.n,
+        "repeats": args.repeats,
+        "stages": sorted(stages),
+        "backends": backends,
+        "model": args.model,
+        "tflite_model": args.tflite_model,
+        "labels": args.labels,
+        "job_args": args.job_arg,
+        "corpus": {"path": str(corpus), "kind": args.corpus, "version": CORPUS_VERSION, "sizes": sizes},
+        "environment": env,
+        "summary": summary,
+        "per_repeat": repeats,
+    }
+
+
+def _ratios(figures: dict[str, Any]) -> None:
+    """Adds one repeat's ratios: against the limit, the naive baseline and the reference backend (same repeat)."""
+    reference = figures["backends"].get(REFERENCE_BACKEND, {}).get("end_to_end")
+    for figs in figures["backends"].values():
+        e2e = figs.get("end_to_end")
+        if "model" in figs and "decode" in figures:
+            figs["limit_images_per_s"] = limit(figs["model"]["images_per_s"], figures["decode"]["images_per_s"])
+            if e2e:
+                figs["end_to_end_over_limit"] = e2e["images_per_s"] / figs["limit_images_per_s"]
+                figs["marginal_over_limit"] = e2e["marginal_images_per_s"] / figs["limit_images_per_s"]
+        if e2e and "naive" in figures:
+            figs["end_to_end_over_naive"] = e2e["images_per_s"] / figures["naive"]["images_per_s"]
+        if e2e and reference:
+            figs["wall_over_reference"] = e2e["wall_s"] / reference["wall_s"]
+            figs["cpu_over_reference"] = e2e["cpu_s"] / reference["cpu_s"]
+            figs["top1_agreement_with_reference"] = agreement(e2e["top1"], reference["top1"])
+    for figs in figures["backends"].values():  # the per-image labels are not kept in the JSON
+        figs.get("end_to_end", {}).pop("top1", None)
+
+
+def summarise(repeats: list[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """Median [min-max] over the repeats of every figure, per backend."""
 
     def over(path: Callable[[dict[str, Any]], Any]) -> dict[str, float] | None:
         values = []
@@ -604,60 +723,99 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 continue
         return spread(values)
 
-    summary = {
-        "model_images_per_s": over(lambda f: f["model"]["images_per_s"]),
+    def per_backend(b: str) -> dict[str, Any]:
+        def get(*keys: str) -> Callable[[dict[str, Any]], Any]:
+            def path(figures: dict[str, Any]) -> Any:
+                value = figures["backends"][b]
+                for key in keys:
+                    value = value[key]
+                return value
+
+            return path
+
+        return {
+            "model_images_per_s": over(get("model", "images_per_s")),
+            "limit_images_per_s": over(get("limit_images_per_s")),
+            "end_to_end_images_per_s": over(get("end_to_end", "images_per_s")),
+            "end_to_end_wall_s": over(get("end_to_end", "wall_s")),
+            "end_to_end_job_printed_images_per_s": over(get("end_to_end", "job_printed_images_per_s")),
+            "startup_seconds": over(get("startup", "wall_s")),
+            "end_to_end_marginal_images_per_s": over(get("end_to_end", "marginal_images_per_s")),
+            "end_to_end_over_limit": over(get("end_to_end_over_limit")),
+            "marginal_over_limit": over(get("marginal_over_limit")),
+            "end_to_end_over_naive": over(get("end_to_end_over_naive")),
+            "wall_over_reference": over(get("wall_over_reference")),
+            "end_to_end_cpu_s": over(get("end_to_end", "cpu_s")),
+            "cpu_over_reference": over(get("cpu_over_reference")),
+            "top1_agreement_with_reference": over(get("top1_agreement_with_reference")),
+            "end_to_end_peak_rss_mib": over(get("end_to_end", "peak_rss_mib")),
+            "startup_peak_rss_mib": over(get("startup", "peak_rss_mib")),
+        }
+
+    return {
+        "backends": {b: per_backend(b) for b in names},
         "decode_images_per_s": over(lambda f: f["decode"]["images_per_s"]),
-        "limit_images_per_s": over(lambda f: f["limit_images_per_s"]),
-        "end_to_end_images_per_s": over(lambda f: f["end_to_end"]["images_per_s"]),
-        "end_to_end_job_printed_images_per_s": over(lambda f: f["end_to_end"]["job_printed_images_per_s"]),
-        "startup_seconds": over(lambda f: f["startup"]["wall_s"]),
-        "end_to_end_marginal_images_per_s": over(lambda f: f["end_to_end"]["marginal_images_per_s"]),
-        "marginal_over_limit": over(lambda f: f["marginal_over_limit"]),
         "naive_images_per_s": over(lambda f: f["naive"]["images_per_s"]),
-        "end_to_end_over_limit": over(lambda f: f["end_to_end_over_limit"]),
-        "end_to_end_over_naive": over(lambda f: f["end_to_end_over_naive"]),
-        "end_to_end_peak_rss_mib": over(lambda f: f["end_to_end"]["peak_rss_mib"]),
         "naive_peak_rss_mib": over(lambda f: f["naive"]["peak_rss_mib"]),
     }
-    naive_runner = next((f["naive"]["runner"] for f in repeats if "naive" in f), None)
-    batch = model_bench.batch_size if model_bench else defaults.max_batch_size
-    threads = os.cpu_count()
+
+
+def print_summary(
+    args: argparse.Namespace,
+    summary: dict[str, Any],
+    names: Sequence[str],
+    backends: dict[str, str],
+    benches: dict[str, ModelBench],
+    defaults: JobDefaults,
+    repeats: list[dict[str, Any]],
+) -> None:
+    """The figures as a table: one column per backend, median [min-max] over the repeats."""
+    batch = next(iter(benches.values())).batch_size if benches else defaults.max_batch_size
+    width = 26
     print()
-    print(f"N = {args.n} images, {args.repeats} repeat(s), interleaved; median [min-max] over repeats")
+    print(
+        f"N = {args.n} images ({args.corpus} corpus), {args.repeats} repeat(s), backends interleaved (order rotated "
+        "each repeat); median [min-max] over repeats"
+    )
+    print(f"  {'':<48}" + "".join(f"{b:>{width}}" for b in names))
+    kinds = [".tflite" if backends[b].endswith(".tflite") else "SavedModel" for b in names]
+    print(f"  {'model (--model, --tflite-model)':<48}" + "".join(f"{kind:>{width}}" for kind in kinds))
     rows = [
-        (f"(a) model alone, batch {batch}, pre-decoded", summary["model_images_per_s"], " images/s"),
-        (f"(b) decode alone, {threads} threads", summary["decode_images_per_s"], " images/s"),
-        ("    limit 1/(1/a + 1/b)", summary["limit_images_per_s"], " images/s"),
-        ("(c) end to end, N / wall time of the command", summary["end_to_end_images_per_s"], " images/s"),
-        ("    end to end, as the job prints it", summary["end_to_end_job_printed_images_per_s"], " images/s"),
-        ("    start-up: wall time of a 1-image run", summary["startup_seconds"], " s"),
-        ("    end to end, marginal (N-1)/(wall - start-up)", summary["end_to_end_marginal_images_per_s"], " images/s"),
-        ("(d) naive baseline, N / wall time", summary["naive_images_per_s"], " images/s"),
-        ("end to end / limit (wall)", summary["end_to_end_over_limit"], ""),
-        ("end to end / limit (marginal)", summary["marginal_over_limit"], ""),
-        ("end to end / naive", summary["end_to_end_over_naive"], ""),
-        ("peak RSS, end to end", summary["end_to_end_peak_rss_mib"], " MiB"),
-        ("peak RSS, naive", summary["naive_peak_rss_mib"], " MiB"),
+        (f"(a) model alone, batch {batch}, pre-decoded, images/s", "model_images_per_s", 1),
+        ("    limit 1/(1/a + 1/b), images/s", "limit_images_per_s", 1),
+        ("(c) end to end, N / wall time, images/s", "end_to_end_images_per_s", 1),
+        ("    wall time of the command, s", "end_to_end_wall_s", 1),
+        (f"    wall time / {REFERENCE_BACKEND}'s (same repeat)", "wall_over_reference", 2),
+        ("    CPU time of the command (user + system), s", "end_to_end_cpu_s", 1),
+        (f"    CPU time / {REFERENCE_BACKEND}'s (same repeat)", "cpu_over_reference", 2),
+        ("    start-up: wall time of a 1-image run, s", "startup_seconds", 1),
+        ("    steady: marginal (N-1)/(wall - start-up), img/s", "end_to_end_marginal_images_per_s", 1),
+        ("    steady: as the job prints it, images/s", "end_to_end_job_printed_images_per_s", 1),
+        (f"    top-1 agrees with {REFERENCE_BACKEND}'s (share)", "top1_agreement_with_reference", 3),
+        ("    end to end / limit (wall)", "end_to_end_over_limit", 2),
+        ("    end to end / limit (marginal)", "marginal_over_limit", 2),
+        ("    end to end / naive", "end_to_end_over_naive", 2),
+        ("    peak RSS of the job's largest process, MiB", "end_to_end_peak_rss_mib", 0),
+        ("    peak RSS of a 1-image run, MiB", "startup_peak_rss_mib", 0),
     ]
-    for label, stats, unit in rows:
-        if stats is not None:
-            print(f"  {label:<46} {fmt(stats, 2 if not unit else 1, unit)}")
+    for label, key, digits in rows:
+        cells = [summary["backends"][b][key] for b in names]
+        if any(cell is not None for cell in cells):
+            print(f"  {label:<48}" + "".join(f"{fmt(cell, digits):>{width}}" for cell in cells))
+    threads = os.cpu_count()
+    for label, key, unit in [
+        (f"(b) decode alone, {threads} threads", "decode_images_per_s", " images/s"),
+        ("(d) naive baseline, N / wall time", "naive_images_per_s", " images/s"),
+        ("    peak RSS, naive", "naive_peak_rss_mib", " MiB"),
+    ]:
+        if summary[key] is not None:
+            print(f"  {label:<48} {fmt(summary[key], 1, unit)}")
+    naive_runner = next((f["naive"]["runner"] for f in repeats if "naive" in f), None)
     if naive_runner:
         print(f"  naive baseline ran on: {naive_runner}")
     print("  (wall times include interpreter start, imports and model load; the job's own figure covers its run only)")
-    return {
-        "benchmark": "throughput",
-        "n": args.n,
-        "repeats": args.repeats,
-        "stages": sorted(stages),
-        "model": args.model,
-        "labels": args.labels,
-        "job_args": args.job_arg,
-        "corpus": {"path": str(corpus), "version": CORPUS_VERSION, "sizes": sizes},
-        "environment": env,
-        "summary": summary,
-        "per_repeat": repeats,
-    }
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"  load average at the end: {load}")
 
 
 def run_memory_check(args: argparse.Namespace) -> dict[str, Any]:
@@ -669,6 +827,7 @@ def run_memory_check(args: argparse.Namespace) -> dict[str, Any]:
     for n, corpus in corpora.items():
         print(f"end to end on {n} images ({corpus}) ...", flush=True)
         results[n] = measure_end_to_end(corpus, n, args.model, args.labels, args.job_arg)
+        results[n].pop("top1")
         print(
             f"  peak RSS {results[n]['peak_rss_mib']:.0f} MiB, {results[n]['images_per_s']:.1f} images/s "
             f"(N / wall), job prints {results[n]['job_printed_images_per_s']} images/s",
@@ -707,13 +866,34 @@ def build_parser() -> argparse.ArgumentParser:
     """The benchmark's flags."""
     shared = shared_dir()
     parser = argparse.ArgumentParser(
-        description="Throughput of the labelling job against its model and decode limits and a naive baseline.",
+        description="Throughput of the labelling job on each backend, against its model and decode limits and a naive "
+        "baseline.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--n", type=int, default=1000, help="images in the corpus (--memory-check uses 1000 and 10000)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every measurement")
     parser.add_argument(
-        "--model", default=str(shared / "models" / "mobilenet_v3_small_100_224_float"), help="the job's --model"
+        "--model",
+        default=str(shared / "models" / "mobilenet_v3_small_100_224_float"),
+        help="the job's --model on the tensorflow and openvino backends (and for the naive baseline)",
+    )
+    parser.add_argument(
+        "--tflite-model",
+        default=str(shared / "models" / "mobilenet_v3_small_100_224_uint8.tflite"),
+        help="the job's --model on the litert backend",
+    )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=BACKEND_ORDER,
+        default=list(BACKEND_ORDER),
+        help="the backends to compare, interleaved (those not installed are skipped)",
+    )
+    parser.add_argument(
+        "--corpus",
+        choices=sorted(CORPORA),
+        default="mixed",
+        help="mixed: 40%% 500x375, 30%% 1024x768, 20%% 1920x1080, 10%% 4000x3000; web: every image 500x375",
     )
     parser.add_argument("--labels", default=str(shared / "labels" / "ImageNetLabels.txt"), help="the job's --labels")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import fsspec
+import pytest
 from conftest import read_output, run_cli, run_job, serve_folder, shared_dir
 
 from beam_pipeline import labels as labels_module
@@ -95,14 +96,15 @@ def test_label_file_url_is_fetched_once_and_cached(tmp_path, labels_file, monkey
     assert len([r for r in requests if "ImageNetLabels" in r]) >= 1
 
 
-def test_tflite_batches_match_single_images(tflite_model, shared):
+@pytest.mark.parametrize("backend", ["litert", "tensorflow"])
+def test_tflite_batches_match_single_images(tflite_model, shared, backend):
     """The 8-bit model's batch is fixed at 1 in the file; the classifier loops, with the same scores per image."""
     import numpy as np
 
     from beam_pipeline import models
     from beam_pipeline.preprocess import decode_image
 
-    classifier = models.load(models.resolve(tflite_model))
+    classifier = models.load(models.resolve(tflite_model, backend))
     photos = sorted((shared / "images" / "photos").glob("*.bmp"))
     images = np.stack(
         [decode_image(p.read_bytes(), size=(224, 224), resize="center-crop", max_pixels=10**8)[0] for p in photos]
