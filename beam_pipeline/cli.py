@@ -53,9 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     flags, beam_args = build_parser().parse_known_args(argv)
 
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     from beam_pipeline import job, runner
     from beam_pipeline.summary import format_summary
 
+    # The launch checks below use Beam's filesystems before any Pipeline exists; its S3 filesystem cannot work
+    # without options (and takes --s3_endpoint_url & co. from them).
+    FileSystems.set_options(PipelineOptions(beam_args))
     try:
         config = job.prepare(flags)
     except job.LaunchError as exc:
