@@ -40,17 +40,22 @@ def beam_requirement() -> str:
     return f"apache-beam[gcp]=={importlib.metadata.version('apache-beam')}"
 
 
+def run(*command: str | Path) -> str:
+    """Runs a command quietly; its output is shown only when it fails (pip warns a line per package here)."""
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+    if result.returncode:
+        output = result.stdout[-4000:] + result.stderr[-4000:]
+        sys.exit(f"{' '.join(map(str, command))} failed ({result.returncode}):\n{output}")
+    return result.stdout
+
+
 def pip(python: Path, *args: str | Path) -> None:
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *map(str, args)], check=True)
+    run(python, "-m", "pip", "install", "-q", *args)
 
 
 def build_sdist(outdir: Path) -> Path:
     """The sdist that `--setup_file` makes Dataflow build and stage."""
-    subprocess.run(
-        [sys.executable, "-m", "build", "--sdist", "--outdir", str(outdir), str(REPO)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    run(sys.executable, "-m", "build", "--sdist", "--outdir", outdir, REPO)
     (sdist,) = outdir.glob("beam_image_labeller-*.tar.gz")
     return sdist
 
@@ -67,7 +72,7 @@ def cache_key(kind: str) -> str:
 def new_venv(path: Path) -> Path:
     """A fresh venv on this interpreter's base Python (not a copy of the launcher's venv)."""
     shutil.rmtree(path, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    run(sys.executable, "-m", "venv", path)
     python = path / "bin" / "python"
     pip(python, beam_requirement())
     return python
@@ -100,12 +105,7 @@ def write_lock() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         python = new_venv(Path(tmp) / "venv")
         pip(python, f"{REPO}[{LOCK_EXTRAS}]")
-        frozen = subprocess.run(
-            [str(python), "-m", "pip", "freeze", "--exclude", "beam-image-labeller"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        frozen = run(python, "-m", "pip", "freeze", "--exclude", "beam-image-labeller")
     header = (
         "# Every package the Dataflow worker image (dataflow/worker.Dockerfile) and the Flex Template launcher\n"
         f"# (dataflow/Dockerfile) install, pinned: {beam_requirement()} plus .[{LOCK_EXTRAS}], resolved together\n"
