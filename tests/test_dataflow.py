@@ -27,8 +27,10 @@ from packaging.version import Version
 
 from beam_pipeline import cli, job, pipeline
 
-EXPECTED_STEPS = {"ExpandInputs", "CountRowsIn", "LabelRows", "WriteParquet", "RowStats", "Finalize"}
-EXPECTED_LABELLING_STEPS = {"Decode", "Classify", "LabelledRows", "InferenceErrorRows", "AllRows"}
+BRANCHES = ("Labelled", "Failed", "InferenceFailed")  # each branch of rows is written and counted on its own
+EXPECTED_STEPS = {"ExpandInputs", "CountRowsIn", "LabelRows", "AllFiles", "AllCounts", "Finalize"}
+EXPECTED_STEPS |= {f"{step}{branch}" for step in ("Write", "Count") for branch in BRANCHES}
+EXPECTED_LABELLING_STEPS = {"Decode", "Classify", "LabelledRows", "InferenceErrorRows"}
 LOCK = REPO / "dataflow" / "requirements.lock"
 EXTERNAL_IMAGES = 300
 
