@@ -17,14 +17,17 @@ setup(
         "huggingface_hub>=0.23,<3",
         "pillow>=10,<13",
         "fsspec[http]>=2024.3",  # http(s) reads need aiohttp, which beam_pipeline.reading also uses directly
+        # gs:// inputs and models: Dataflow's --setup_file installs these requirements on workers, never an extra.
+        "gcsfs>=2024.3",
         "pyarrow>=14,<26",
         "numpy>=1.26,<3",
     ],
     extras_require={
         # TF Hub / Kaggle handles: tensorflow-hub needs tf-keras, which pulls in the full tensorflow wheel.
         "tfhub": ["tensorflow-hub>=0.16,<0.17", "tf-keras>=2.16,<2.22"],
-        "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2024.3", "build>=1"],
-        "s3": ["s3fs>=2024.3"],
+        "gcp": ["apache-beam[gcp]>=2.60,<3", "build>=1"],  # DataflowRunner; build makes the --setup_file sdist
+        # s3:// inputs and models (s3fs) and outputs (Beam's own S3 filesystem needs boto3).
+        "s3": ["s3fs>=2024.3", "apache-beam[aws]>=2.60,<3"],
         # --backend openvino: the same SavedModels on Intel's OpenVINO runtime, without TensorFlow.
         "openvino": ["openvino>=2025.0,<2027"],
         # --backend litert: .tflite files on Google's LiteRT runtime, without TensorFlow.
@@ -42,6 +45,12 @@ setup(
             "pytest>=8",
             "build>=1",  # the sdist test builds what --setup_file ships to Dataflow workers
             "apache-beam[gcp]>=2.60,<3",  # the Dataflow job-graph test
+            "packaging>=23",  # the lock-file test compares dataflow/requirements.lock with these requirements
+            # tests/test_cloud_storage.py: gs:// on a local GCS emulator, s3:// on moto's server.
+            "gcp-storage-emulator>=2024.8",
+            "s3fs>=2024.3",
+            "apache-beam[aws]>=2.60,<3",
+            "moto[server]>=5",
             "ruff>=0.6",
             "tensorflow-hub>=0.16,<0.17",
             "tf-keras>=2.16,<2.22",

@@ -150,10 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {unknown}", file=sys.stderr)
         return 2
 
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     from beam_pipeline import job, outputs, runner
     from beam_pipeline.summary import format_summary
 
     beam_args = local_defaults(beam_args)
+    # The launch checks below use Beam's filesystems before any Pipeline exists; its S3 filesystem cannot work
+    # without options (and takes --s3_endpoint_url & co. from them).
+    FileSystems.set_options(PipelineOptions(beam_args))
     local = runner.is_local(beam_args)
     config = None
     try:

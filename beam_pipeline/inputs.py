@@ -106,7 +106,7 @@ def _walk_images(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
     for root, _, names in fs.walk(path):
         for name in sorted(names):
             if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield f"{root}/{name}"
+                yield f"{root.rstrip('/')}/{name}"  # gcsfs and s3fs keep a folder's trailing / in `root`
 
 
 def carried_schema(specs: list[InputSpec], uri_column: str) -> pa.Schema:

@@ -157,7 +157,9 @@ def _check_writable(output: str) -> None:
     except Exception:  # noqa: BLE001, S110 - it may exist already; the write below tells
         pass
     try:
-        FileSystems.create(probe).close()
+        # Not empty: Beam's S3 filesystem cannot close an empty file (it completes a multipart upload of 0 parts).
+        with FileSystems.create(probe) as f:
+            f.write(b"ok")
         FileSystems.delete([probe])
     except Exception as exc:  # noqa: BLE001 - every cause is reported as one line naming the place
         raise LaunchError("--output", f"cannot write to {directory}: {type(exc).__name__}: {exc}") from exc
