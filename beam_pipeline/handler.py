@@ -73,7 +73,8 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, models.C
         return sum(image.nbytes for image in batch)
 
     def get_metrics_namespace(self) -> str:
-        return "beam_image_labeller"
+        # Not the job's own namespace: Beam adds counters of its own here (failed_batches_counter, ...).
+        return "beam_image_labeller.inference"
 
     def batch_elements_kwargs(self) -> dict[str, int]:
         return self._batch_kwargs

@@ -53,11 +53,13 @@ class JobConfig:
     earlier_shards: tuple[str, ...]  # --skip-labelled: earlier output shards whose finished URIs are left out
     relabel_errors: bool
     large_model: bool
+    threads_per_process: int | None  # model and decode threads of one worker process; None: every core
     iceberg: IcebergTarget | None
 
 
-def prepare(flags, *, local: bool = True) -> JobConfig:
-    """Checks every flag before any image is read; raises LaunchError. `local`: the workers run on this machine."""
+def prepare(flags, *, local: bool = True, threads_per_process: int | None = None) -> JobConfig:
+    """Checks every flag before any image is read; raises LaunchError. `local`: the workers run on this machine;
+    `threads_per_process`: how many cores each worker process may use (None: all of them)."""
     if not flags.input:
         raise LaunchError("--input", "is required (a folder, a glob or a manifest of image URIs)")
     if not flags.output:
@@ -139,6 +141,7 @@ def prepare(flags, *, local: bool = True) -> JobConfig:
         earlier_shards=earlier_shards,
         relabel_errors=flags.relabel_errors,
         large_model=flags.large_model,
+        threads_per_process=threads_per_process,
         iceberg=iceberg,
     )
 

@@ -164,7 +164,7 @@ def _load(ref: ModelRef, num_threads: int | None) -> Classifier:
             return OpenVINOClassifier(folder, num_threads=num_threads)
         from beam_pipeline.backends.tensorflow import SavedModelClassifier
 
-        return SavedModelClassifier(folder)
+        return SavedModelClassifier(folder, num_threads=num_threads)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure is reported the same way

@@ -69,6 +69,7 @@ class LabelRows(beam.PTransform):
             min_batch_size=job.min_batch_size,
             max_batch_size=job.max_batch_size,
             large_model=job.large_model,
+            num_threads=job.threads_per_process,
         )
         decoded = rows | "Decode" >> beam.ParDo(
             DecodeImage(
@@ -81,6 +82,8 @@ class LabelRows(beam.PTransform):
                 read_retries=job.read_retries,
                 read_timeout=job.read_timeout,
                 model_id=job.model.model_id,
+                # At least 2 decode threads, so that one image's read overlaps another's decode.
+                threads=None if job.threads_per_process is None else max(2, job.threads_per_process),
                 in_flight=self._decode_in_flight,
             )
         ).with_outputs(FAILED_TAG, main="decoded")

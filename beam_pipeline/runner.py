@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from beam_pipeline import outputs, pipeline
 from beam_pipeline.job import JobConfig
+from beam_pipeline.models import default_num_threads
 from beam_pipeline.progress import TALLY, ProgressReporter
 
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner")
@@ -39,6 +41,19 @@ def run(job: JobConfig, beam_args: list[str], *, progress: bool = False) -> dict
 def is_local(beam_args: list[str]) -> bool:
     """Whether the workers run on this machine (Beam's local runner, in any of its modes)."""
     return PipelineOptions(beam_args).view_as(StandardOptions).runner in LOCAL_RUNNERS
+
+
+def threads_per_process(beam_args: list[str]) -> int | None:
+    """Cores one worker process may use: all of them for the in-memory worker, an equal share for the local
+    multi-process layout, and one off the local runner (Dataflow runs one SDK process per vCPU)."""
+    options = PipelineOptions(beam_args)
+    if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
+        return 1
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "in_memory":
+        return None
+    workers = direct.direct_num_workers or os.cpu_count() or 1
+    return max(1, default_num_threads() // workers)
 
 
 def runs_in_this_process(beam_args: list[str]) -> bool:

@@ -64,7 +64,19 @@ SIZE_MIX: tuple[tuple[float, tuple[int, int]], ...] = (
 )
 # --corpus: "mixed" (phone and camera sizes, SIZE_MIX) or "web" (every image 500x375, ImageNet-like web photos).
 CORPORA: dict[str, tuple[tuple[float, tuple[int, int]], ...]] = {"mixed": SIZE_MIX, "web": ((1.0, (500, 375)),)}
-BACKEND_ORDER = ("tensorflow", "openvino", "litert")
+# What each compared run uses: its --backend and any runner arguments. `tensorflow-mp2` is the default job on
+# FnApiRunner's multi_processing layout with 2 workers (one SDK process per core, as Dataflow runs), against the
+# default in-memory worker with its decode thread pool.
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "tensorflow": ("tensorflow", ()),
+    "openvino": ("openvino", ()),
+    "litert": ("litert", ()),
+    "tensorflow-mp2": (
+        "tensorflow",
+        ("--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"),
+    ),
+}
+BACKEND_ORDER = tuple(VARIANTS)
 REFERENCE_BACKEND = "tensorflow"  # wall-time ratios and top-1 agreement are taken against this backend
 JPEG_QUALITY = 90
 # Upscaled photos are smoother than camera photos (smaller files, cheaper entropy decoding). Gaussian noise of this
@@ -598,16 +610,17 @@ def installed_backends(wanted: Sequence[str], model: str, tflite_model: str) -> 
     from beam_pipeline import models
 
     chosen = {}
-    for backend in BACKEND_ORDER:
-        if backend not in wanted:
+    for variant in BACKEND_ORDER:
+        if variant not in wanted:
             continue
+        backend = VARIANTS[variant][0]
         spec = tflite_model if backend == "litert" else model
         try:
             models.choose_backend(backend, models.kind_of(spec))
         except models.BackendError as exc:
             print(f"skipping --backend {backend}: {exc}")
             continue
-        chosen[backend] = spec
+        chosen[variant] = spec
     if not chosen:
         raise SystemExit("none of the backends asked for is installed")
     return chosen
@@ -635,7 +648,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     names = list(backends)
     print("backends: " + ", ".join(f"{b} ({Path(m).name})" for b, m in backends.items()))
 
-    benches = {b: ModelBench(m, b, files, defaults) for b, m in backends.items()} if "model" in stages else {}
+    # The model alone does not depend on the runner layout: measured once per backend.
+    benches = {
+        b: ModelBench(m, b, files, defaults) for b, m in backends.items() if "model" in stages and not VARIANTS[b][1]
+    }
     size = next(iter(benches.values())).classifier.input_size if benches else (224, 224)
     repeats: list[dict[str, Any]] = []
     for r in range(args.repeats):
@@ -647,10 +663,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 figs["model"] = benches[backend].run(args.n)
                 print(f"{tag} {backend:<10} model      {figs['model']['images_per_s']:8.1f} images/s", flush=True)
             if "e2e" in stages:
-                e2e = figs["end_to_end"] = measure_end_to_end(corpus, args.n, spec, args.labels, args.job_arg, backend)
+                runtime, layout = VARIANTS[backend]
+                job_args = [*args.job_arg, *layout]
+                e2e = figs["end_to_end"] = measure_end_to_end(corpus, args.n, spec, args.labels, job_args, runtime)
                 # The fixed cost of a run (interpreter, imports, launch checks, model load, runner start-up) is the
                 # wall time of the same command on one image; what is left is the marginal rate.
-                startup = figs["startup"] = measure_end_to_end(files[0], 1, spec, args.labels, args.job_arg, backend)
+                startup = figs["startup"] = measure_end_to_end(files[0], 1, spec, args.labels, job_args, runtime)
                 startup.pop("top1")
                 e2e["marginal_images_per_s"] = (args.n - 1) / (e2e["wall_s"] - startup["wall_s"])
                 print(

@@ -402,3 +402,13 @@ def test_job_finishes_on_external_workers_after_its_launcher_is_killed(
     assert sorted(uris) == sorted(str(p) for p in folder.iterdir()), "every image, each once"
     assert set(table.column("status").to_pylist()) == {"ok"}
     assert b"Starting worker with command" in (tmp_path / "worker_pool.log").read_bytes(), "the pool's workers ran it"
+
+
+def test_threads_per_process_follow_the_runner_layout():
+    from beam_pipeline.models import default_num_threads
+    from beam_pipeline.runner import threads_per_process
+
+    assert threads_per_process(["--runner=FnApiRunner", "--direct_running_mode=in_memory"]) is None
+    two = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    assert threads_per_process(two) == max(1, default_num_threads() // 2)
+    assert threads_per_process(["--runner=DataflowRunner"]) == 1, "one SDK process per vCPU"

@@ -598,6 +598,7 @@ def job_config(**changes) -> JobConfig:
         relabel_errors=False,
         large_model=False,
         iceberg=None,
+        threads_per_process=None,
     )
     return JobConfig(**{**settings, **changes})
 

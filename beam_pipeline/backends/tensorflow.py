@@ -41,12 +41,24 @@ def import_tensorflow() -> ModuleType:
     return tf
 
 
+def limit_threads(tf: ModuleType, num_threads: int) -> None:
+    """Caps TensorFlow's op thread pools, where several worker processes share a machine's cores (one SDK process
+    per vCPU on Dataflow): uncapped, each sizes its pools to every core and they oversubscribe the machine. Only
+    possible before TensorFlow runs its first op in the process; a process that already has is left as it is."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(num_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(num_threads)
+    except RuntimeError:  # "cannot be modified after initialization"
+        pass
+
+
 class SavedModelClassifier:
     """A TF2 SavedModel in TF Hub's format: float32 [N,H,W,3] in [0,1] in, logits or probabilities out."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, num_threads: int | None = None):
         tf = import_tensorflow()
-
+        if num_threads:
+            limit_threads(tf, num_threads)
         self._module = tf.saved_model.load(path)
         call = self._module.signatures.get("serving_default")
         height, width = 224, 224
