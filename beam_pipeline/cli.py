@@ -164,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     config = None
     try:
         with interrupts_raised(), native_stderr_silenced(not flags.verbose):
-            config = job.prepare(flags, local=local, threads_per_process=runner.threads_per_process(beam_args))
+            config = job.prepare(
+                flags,
+                local=local,
+                threads_per_process=runner.threads_per_process(beam_args),
+                model_staging=runner.model_staging(beam_args),
+            )
         with interrupts_raised():
             record = runner.run(config, beam_args, progress=not flags.quiet and runner.runs_in_this_process(beam_args))
     except job.LaunchError as exc:

@@ -57,9 +57,12 @@ class JobConfig:
     iceberg: IcebergTarget | None
 
 
-def prepare(flags, *, local: bool = True, threads_per_process: int | None = None) -> JobConfig:
+def prepare(
+    flags, *, local: bool = True, threads_per_process: int | None = None, model_staging: str | None = None
+) -> JobConfig:
     """Checks every flag before any image is read; raises LaunchError. `local`: the workers run on this machine;
-    `threads_per_process`: how many cores each worker process may use (None: all of them)."""
+    `threads_per_process`: how many cores each worker process may use (None: all of them); `model_staging`: where
+    to stage the model for remote workers (None: they load it from where --model says)."""
     if not flags.input:
         raise LaunchError("--input", "is required (a folder, a glob or a manifest of image URIs)")
     if not flags.output:
@@ -88,6 +91,8 @@ def prepare(flags, *, local: bool = True, threads_per_process: int | None = None
         label_names = labels.read_labels(flags.labels)
     except labels.LabelsError as exc:
         raise LaunchError("--labels", str(exc)) from exc
+    if not local:
+        model_ref = _staged(model_ref, flags.model_staging or model_staging)
     if len(label_names) != classifier.num_classes:
         raise LaunchError(
             "--labels",
@@ -144,6 +149,22 @@ def prepare(flags, *, local: bool = True, threads_per_process: int | None = None
         threads_per_process=threads_per_process,
         iceberg=iceberg,
     )
+
+
+def _staged(model_ref: models.ModelRef, location: str | None) -> models.ModelRef:
+    """The model staged for remote workers; without a location only a model they can read in place is allowed."""
+    if location is None:
+        if model_ref.kind in ("huggingface", "tfhub"):
+            raise LaunchError(
+                "--model-staging",
+                "remote workers would each download the model from its hub: give --temp_location or --model-staging",
+            )
+        return model_ref
+    try:
+        return models.stage_model(model_ref, location)
+    except Exception as exc:  # noqa: BLE001 - every cause is reported as one line naming the place
+        message = f"cannot stage the model at {location}: {type(exc).__name__}: {exc}"
+        raise LaunchError("--model-staging", message) from exc
 
 
 def default_schemes(local: bool) -> tuple[str, ...]:

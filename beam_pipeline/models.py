@@ -8,6 +8,7 @@ TensorFlow unless the tensorflow backend (or a TF Hub handle, see `_tfhub_dir`) 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -16,11 +17,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 import fsspec
 import numpy as np
+
+from beam_pipeline import staging
 
 HF_SCHEME = "hf://"
 TFHUB_HOSTS = ("tfhub.dev", "www.kaggle.com", "kaggle.com")
@@ -56,6 +60,8 @@ class ModelRef:
     kind: str  # "huggingface" | "tfhub" | "savedmodel" | "tflite"
     revision: str | None = None
     backend: str = DEFAULT_BACKEND
+    staged: str | None = None  # where the launcher staged the model's files for workers (staging.py)
+    checksum: str | None = None  # the staged files' content checksum, verified by each worker
 
     @property
     def model_id(self) -> str:
@@ -147,28 +153,62 @@ def _load(ref: ModelRef, num_threads: int | None) -> Classifier:
     except BackendError as exc:
         raise ModelError(f"--backend {exc}") from exc
     try:
-        if ref.kind == "tflite":
-            with fsspec.open(ref.spec, "rb") as f:
-                content = f.read()
-            if ref.backend == "litert":
-                from beam_pipeline.backends.litert import LiteRTClassifier
+        with _model_source(ref) as source:
+            if ref.kind == "tflite":
+                content = Path(source).read_bytes()
+                if ref.backend == "litert":
+                    from beam_pipeline.backends.litert import LiteRTClassifier
 
-                return LiteRTClassifier(content, num_threads=num_threads)
-            from beam_pipeline.backends.tensorflow import TFLiteClassifier
+                    return LiteRTClassifier(content, num_threads=num_threads)
+                from beam_pipeline.backends.tensorflow import TFLiteClassifier
 
-            return TFLiteClassifier(content, num_threads=num_threads)
-        folder = _local_savedmodel_dir(ref)
-        if ref.backend == "openvino":
-            from beam_pipeline.backends.openvino import OpenVINOClassifier
+                return TFLiteClassifier(content, num_threads=num_threads)
+            folder = _find_savedmodel(source)
+            if ref.backend == "openvino":
+                from beam_pipeline.backends.openvino import OpenVINOClassifier
 
-            return OpenVINOClassifier(folder, num_threads=num_threads)
-        from beam_pipeline.backends.tensorflow import SavedModelClassifier
+                return OpenVINOClassifier(folder, num_threads=num_threads)
+            from beam_pipeline.backends.tensorflow import SavedModelClassifier
 
-        return SavedModelClassifier(folder, num_threads=num_threads)
+            return SavedModelClassifier(folder, num_threads=num_threads)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure is reported the same way
         raise ModelError(f"cannot load model {ref.spec!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def stage_model(ref: ModelRef, location: str) -> ModelRef:
+    """The same model, staged once under `location` for workers to fetch and verify (see staging.py)."""
+    with _model_source(ref) as source:
+        files = source if ref.kind == "tflite" else _find_savedmodel(source)
+        url, checksum = staging.stage(files, location)
+    return dataclasses.replace(ref, staged=url, checksum=checksum)
+
+
+@contextlib.contextmanager
+def _model_source(ref: ModelRef) -> Iterator[str]:
+    """A local path to the model's files (a .tflite file, or a folder holding the SavedModel) for the block's
+    duration: the staged copy when there is one, else the Hub's cache, the local path, or a temporary download."""
+    if ref.staged is not None:
+        with staging.fetched(ref.staged, ref.checksum or "") as local:
+            yield local
+    elif ref.kind == "huggingface":
+        yield _hf_snapshot(ref.spec, ref.revision)
+    elif ref.kind == "tfhub":
+        yield _tfhub_dir(ref.spec, in_process=ref.backend == "tensorflow")
+    else:
+        fs, path = fsspec.core.url_to_fs(ref.spec)
+        if "file" in fs.protocol:
+            yield path
+            return
+        with tempfile.TemporaryDirectory(prefix="beam-image-labeller-model-") as local:
+            if ref.kind == "tflite":
+                target = os.path.join(local, os.path.basename(path))
+                fs.get_file(path, target)
+                yield target
+            else:
+                fs.get(path.rstrip("/") + "/", local, recursive=True)
+                yield local
 
 
 def _hf_snapshot(spec: str, revision: str | None = None) -> str:
@@ -178,20 +218,6 @@ def _hf_snapshot(spec: str, revision: str | None = None) -> str:
     match = _HF_SPEC.match(spec)
     assert match is not None
     return snapshot_download(match["repo"], revision=revision or match["revision"], allow_patterns=HF_ALLOWED_FILES)
-
-
-def _local_savedmodel_dir(ref: ModelRef) -> str:
-    """A local directory holding the SavedModel, downloading it first where it lives elsewhere."""
-    if ref.kind == "huggingface":
-        return _find_savedmodel(_hf_snapshot(ref.spec, ref.revision))
-    if ref.kind == "tfhub":
-        return _find_savedmodel(_tfhub_dir(ref.spec, in_process=ref.backend == "tensorflow"))
-    fs, path = fsspec.core.url_to_fs(ref.spec)
-    if "file" in fs.protocol:
-        return _find_savedmodel(path)
-    local = tempfile.mkdtemp(prefix="beam-image-labeller-model-")
-    fs.get(path.rstrip("/") + "/", local, recursive=True)
-    return _find_savedmodel(local)
 
 
 def _tfhub_dir(handle: str, *, in_process: bool) -> str:

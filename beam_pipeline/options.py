@@ -105,6 +105,13 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
         "else tensorflow.",
     )
     group.add_argument(
+        "--model-staging",
+        metavar="LOCATION",
+        help="Off the local runner, where the launcher copies the resolved model once for the workers, named by its "
+        "content checksum (default: TEMP_LOCATION/beam-image-labeller/models from --temp_location); workers load "
+        "and verify that copy and never call a model hub. Local runs load the model in place.",
+    )
+    group.add_argument(
         "--labels",
         default=DEFAULT_LABELS_URL,
         help="Label file, one class name per line, line i = class id i (default: TensorFlow's ImageNetLabels.txt).",

@@ -6,7 +6,7 @@ import contextlib
 import os
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from beam_pipeline import outputs, pipeline
 from beam_pipeline.job import JobConfig
@@ -54,6 +54,15 @@ def threads_per_process(beam_args: list[str]) -> int | None:
         return None
     workers = direct.direct_num_workers or os.cpu_count() or 1
     return max(1, default_num_threads() // workers)
+
+
+def model_staging(beam_args: list[str]) -> str | None:
+    """Where remote workers' model copy goes by default: under --temp_location (None on the local runner)."""
+    options = PipelineOptions(beam_args)
+    if options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
+        return None
+    temp = options.view_as(GoogleCloudOptions).temp_location
+    return f"{temp.rstrip('/')}/beam-image-labeller/models" if temp else None
 
 
 def runs_in_this_process(beam_args: list[str]) -> bool:
