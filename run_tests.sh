@@ -10,7 +10,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-if ! python -c "import beam_pipeline, pytest, tensorflow_hub, skimage, duckdb, build, apache_beam.runners.dataflow" 2>/dev/null; then
+if ! python -c "import beam_pipeline, pytest, tensorflow_hub, skimage, duckdb, build, apache_beam.runners.dataflow, pyiceberg, hypothesis, openvino, ai_edge_litert, moto, gcp_storage_emulator, s3fs" 2>/dev/null; then
   pip install -q --upgrade pip
   pip install -q -e ".[test]"
 fi
