@@ -61,6 +61,7 @@ from corpus import (
     duplicate_corpus,
     shared_dir,
 )
+from measure import run_measured
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # What each compared run uses: its --backend and any runner arguments. `tensorflow-mp2` is the default job on
@@ -82,22 +83,6 @@ MEMORY_FLAT_WITHIN = 0.15  # the issue's targets, reported, not asserted
 MEMORY_LIMIT_MIB = 1536.0  # 1.5 GiB
 SUMMARY_RE = re.compile(r"time: ([\d.]+) s\s+\(([\d.]+) images/s\)")
 COUNTS_RE = re.compile(r"images read: (\d+)\s+labelled: (\d+)\s+failed: (\d+)")
-
-# Runs a command and reports its wall time, its CPU time (user + system, all processes) and the peak RSS of its
-# process tree (the largest single process, as RUSAGE_CHILDREN counts it: every descendant that was waited for) to
-# a JSON file. A fresh wrapper per run gives each run its own measurement; this script's own RUSAGE_CHILDREN would
-# keep the maximum over all earlier runs.
-_MEASURE_WRAPPER = (
-    "import json, resource, subprocess, sys, time\n"
-    "start = time.monotonic()\n"
-    "code = subprocess.run(sys.argv[2:]).returncode\n"
-    "wall = time.monotonic() - start\n"
-    "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-    "cpu = usage.ru_utime + usage.ru_stime\n"
-    "figures = {'returncode': code, 'wall_s': wall, 'cpu_s': cpu, 'maxrss_kib': usage.ru_maxrss}\n"
-    "json.dump(figures, open(sys.argv[1], 'w'))\n"
-    "sys.exit(code)\n"
-)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -178,48 +163,11 @@ def measure_decode(files: Sequence[Path], size: tuple[int, int], defaults: JobDe
 # Subprocess measurements
 
 
-@dataclasses.dataclass
-class Measured:
-    """One subprocess run: exit code, wall and CPU time of the whole command, peak RSS, and what it printed."""
-
-    returncode: int
-    wall_s: float
-    cpu_s: float
-    maxrss_mib: float
-    stdout: str
-    stderr: str
-
-
-def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> Measured:
-    """Runs `command` under a fresh wrapper process that reports its wall time and its peak RSS."""
-    with tempfile.TemporaryDirectory(prefix="bench-measure-") as tmp:
-        report = Path(tmp) / "report.json"
-        done = subprocess.run(
-            [sys.executable, "-c", _MEASURE_WRAPPER, str(report), *command],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO_ROOT,
-            check=False,
-        )
-        failed = {"wall_s": math.nan, "cpu_s": math.nan, "maxrss_kib": 0}
-        figures = json.loads(report.read_text()) if report.exists() else failed
-    return Measured(
-        done.returncode, figures["wall_s"], figures["cpu_s"], figures["maxrss_kib"] / 1024, done.stdout, done.stderr
-    )
-
-
 def _subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     return env
-
-
-def _check_ran(what: str, run: Measured) -> None:
-    if run.returncode != 0:
-        tail = "\n".join((run.stdout + run.stderr).strip().splitlines()[-30:])
-        raise SystemExit(f"{what} failed with exit code {run.returncode}:\n{tail}")
 
 
 def measure_end_to_end(
@@ -234,7 +182,7 @@ def measure_end_to_end(
         command = [sys.executable, "-m", "beam_pipeline", "--input", str(corpus), "--output", f"{out}/labels"]
         command += ["--model", model, "--labels", labels, *(["--backend", backend] if backend else []), *job_args]
         run = run_measured(command, _subprocess_env())
-        _check_ran("the job", run)
+        run.check("the job")
         top1 = read_top1(Path(out))
     printed = SUMMARY_RE.search(run.stdout)
     counts = COUNTS_RE.search(run.stdout)
@@ -276,7 +224,7 @@ def measure_naive(corpus: Path, n: int, model: str) -> dict[str, Any]:
         command = [sys.executable, str(Path(__file__).resolve()), "--naive-baseline"]
         command += ["--input-dir", str(corpus), "--output", f"{out}/naive", "--model", model]
         run = run_measured(command, _subprocess_env())
-    _check_ran("the naive baseline", run)
+    run.check("the naive baseline")
     printed = re.search(r"naive: (\d+) images in ([\d.]+) s", run.stdout)
     runner = re.search(r"naive runner: (.*)", run.stdout)
     return {
