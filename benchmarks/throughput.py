@@ -21,8 +21,8 @@ backend's (a) and (c) in turn (the backends' order rotates from one repeat to th
     the job prints itself (its pipeline run only), and the marginal rate once start-up (a 1-image run) is paid; its
     CPU time (user + system), which other jobs on a shared machine disturb far less than its wall time; the peak RSS
     of its largest process; and the share of images whose top-1 class equals tensorflow's in that repeat;
-(d) naive: the pipeline as Beam's documentation writes one (see `naive_baseline`), run by this script in its
-    internal `--naive-baseline` mode as a subprocess, images/s = N / wall time of the whole command.
+(d) naive: the pipeline as Beam's documentation writes one (benchmarks/naive_baseline.py), as a subprocess,
+    images/s = N / wall time of the whole command.
 
 The limit is 1 / (1/model + 1/decode): the best the two stages can do sharing the same cores. It prints figures as
 median [min-max] over the repeats, and ratios taken within one repeat, then summarised the same way: each backend's
@@ -64,6 +64,7 @@ from corpus import (
 from measure import run_measured
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+NAIVE_BASELINE = Path(__file__).resolve().with_name("naive_baseline.py")
 # What each compared run uses: its --backend and any runner arguments. `tensorflow-mp2` is the default job on
 # FnApiRunner's multi_processing layout with 2 workers (one SDK process per core, as Dataflow runs), against the
 # default in-memory worker with its decode thread pool.
@@ -219,9 +220,9 @@ def agreement(top1: dict[str, int], reference: dict[str, int]) -> float:
 
 
 def measure_naive(corpus: Path, n: int, model: str) -> dict[str, Any]:
-    """(d) The naive baseline (this script's --naive-baseline mode): N / wall time of the whole command."""
+    """(d) The naive baseline (naive_baseline.py): N / wall time of the whole command."""
     with tempfile.TemporaryDirectory(prefix="bench-naive-") as out:
-        command = [sys.executable, str(Path(__file__).resolve()), "--naive-baseline"]
+        command = [sys.executable, str(NAIVE_BASELINE)]
         command += ["--input-dir", str(corpus), "--output", f"{out}/naive", "--model", model]
         run = run_measured(command, _subprocess_env())
     run.check("the naive baseline")
@@ -235,75 +236,6 @@ def measure_naive(corpus: Path, n: int, model: str) -> dict[str, Any]:
         "runner": runner[1].strip() if runner else None,
         "peak_rss_mib": run.maxrss_mib,
     }
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The naive baseline: the pipeline as Beam's RunInference documentation writes one
-
-
-def naive_baseline(input_dir: str, output: str, model: str) -> None:
-    """`beam.Create(paths) | Map(decode) | RunInference(TF handler) | Map(row) | WriteToParquet`, Beam's defaults.
-
-    Full Pillow decode (no JPEG draft mode), .convert('RGB').resize((224, 224)), float32 / 255; Beam's stock
-    `TFModelHandlerNumpy` with its default batching, whose `load_model` (tf.keras.models.load_model) cannot load this
-    TF Hub SavedModel under Keras 3, so a subclass overrides only `load_model` with tf.saved_model.load; its stock
-    `run_inference` calls model(batch), which this SavedModel's __call__ accepts. No --runner: Beam's default
-    DirectRunner, which first tries to download the Prism runner and, offline, falls back.
-    """
-    import logging
-
-    import apache_beam as beam
-    import pyarrow as pa
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-    from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
-    from PIL import Image
-
-    class SavedModelHandlerNumpy(TFModelHandlerNumpy):
-        """Beam's TFModelHandlerNumpy, loading with tf.saved_model.load instead of tf.keras.models.load_model."""
-
-        def load_model(self):
-            import tensorflow as tf
-
-            return tf.saved_model.load(self._model_uri)
-
-    def read_and_preprocess(path: str) -> tuple[str, np.ndarray]:
-        with FileSystems.open(path) as f:
-            image = Image.open(f).convert("RGB").resize((224, 224))
-        return path, np.asarray(image, dtype=np.float32) / 255.0
-
-    def to_row(path: str, result) -> dict[str, Any]:
-        logits = np.asarray(result.inference)
-        return {"path": path, "class_id": int(np.argmax(logits)), "score": float(np.max(logits))}
-
-    # Report which runner ran: the DirectRunner logs its Prism attempt and fallback at INFO.
-    direct_log = logging.getLogger("apache_beam.runners.direct.direct_runner")
-    messages: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage())
-
-    direct_log.addHandler(Keep())
-    direct_log.setLevel(logging.INFO)
-
-    paths = sorted(str(p) for p in Path(input_dir).glob("*.jpg"))
-    schema = pa.schema([("path", pa.string()), ("class_id", pa.int64()), ("score", pa.float32())])
-    started = time.monotonic()
-    with beam.Pipeline() as p:
-        (
-            p
-            | "Paths" >> beam.Create(paths)
-            | "Preprocess" >> beam.Map(read_and_preprocess)
-            | "RunInference" >> RunInference(KeyedModelHandler(SavedModelHandlerNumpy(model)))
-            | "ToRow" >> beam.MapTuple(to_row)
-            | "Write" >> beam.io.WriteToParquet(output, schema, file_name_suffix=".parquet")
-        )
-    seconds = time.monotonic() - started
-    fell_back = any("Falling back" in m for m in messages)
-    runner = "DirectRunner (Prism download failed, fell back)" if fell_back else "DirectRunner"
-    print(f"naive runner: {runner}")
-    print(f"naive: {len(paths)} images in {seconds:.1f} s")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -701,22 +633,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra argument for the job's command line, repeatable, e.g. --job-arg=--direct_num_workers=1 "
         "(the default run passes none)",
     )
-    # Internal: the naive baseline pipeline, run by this script as a subprocess.
-    parser.add_argument("--naive-baseline", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--input-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--output", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the benchmark (or the memory check, or the internal naive baseline); returns the exit code."""
+    """Runs the benchmark (or the memory check); returns the exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if str(REPO_ROOT) not in sys.path:  # beam_pipeline from this checkout, installed or not
         sys.path.insert(0, str(REPO_ROOT))
     args = build_parser().parse_args(argv)
-    if args.naive_baseline:
-        naive_baseline(args.input_dir, args.output, args.model)
-        return 0
     if args.n < 1 or args.repeats < 1:
         raise SystemExit("--n and --repeats must be at least 1")
     results = run_memory_check(args) if args.memory_check else run_benchmark(args)
