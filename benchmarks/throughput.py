@@ -10,7 +10,7 @@ Run from the repository root with the project's venv active (see benchmarks/READ
 
 The backends are those of `--backends` that are installed (default: all): tensorflow and openvino run `--model` (the
 float SavedModel), litert runs `--tflite-model` (the uint8 .tflite). Each repeat measures, in this order, every
-backend's (a) and (c) in turn (the backends' order rotates from one repeat to the next), then (b) and (d):
+backend's (a) and (c) in turn (the backends' order rotates from one repeat to the next), then (b) and both (d):
 
 (a) model: `beam_pipeline.models.load(...).predict` on pre-decoded uint8 [B,224,224,3] batches, B = the job's default
     --max-batch-size, in this process;
@@ -22,11 +22,13 @@ backend's (a) and (c) in turn (the backends' order rotates from one repeat to th
     CPU time (user + system), which other jobs on a shared machine disturb far less than its wall time; the peak RSS
     of its largest process; and the share of images whose top-1 class equals tensorflow's in that repeat;
 (d) naive: the pipeline as Beam's documentation writes one (benchmarks/naive_baseline.py), as a subprocess,
-    images/s = N / wall time of the whole command.
+    images/s = N / wall time of the whole command; twice: on Beam's defaults (DirectRunner), and on the runner
+    settings the job defaults to (beam_pipeline.cli.local_defaults), so that end-to-end / naive is given both with
+    the runner choice mixed in and with the design alone.
 
 The limit is 1 / (1/model + 1/decode): the best the two stages can do sharing the same cores. It prints figures as
 median [min-max] over the repeats, and ratios taken within one repeat, then summarised the same way: each backend's
-wall (and CPU) time over tensorflow's, end-to-end / limit and end-to-end / naive. Nothing here asserts a time.
+wall (and CPU) time over tensorflow's, end-to-end / limit and end-to-end / each naive. Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 BACKEND_ORDER = tuple(VARIANTS)
 REFERENCE_BACKEND = "tensorflow"  # wall-time ratios and top-1 agreement are taken against this backend
+# The naive baseline's two runs, by their key in the figures: on Beam's defaults, and on the job's default runner
+# settings (the same Beam arguments the job adds when given no --runner).
+NAIVE_RUNS = {"naive": "DirectRunner defaults", "naive_job_runner": "job's runner settings"}
 MEMORY_CHECK_SIZES = (1000, 10000)
 MEMORY_FLAT_WITHIN = 0.15  # the issue's targets, reported, not asserted
 MEMORY_LIMIT_MIB = 1536.0  # 1.5 GiB
@@ -98,6 +103,13 @@ class JobDefaults:
     max_image_pixels: int
     max_batch_size: int
     min_batch_size: int
+
+
+def job_runner_args() -> list[str]:
+    """The Beam arguments the job adds to a command line without --runner (its local runner settings)."""
+    from beam_pipeline.cli import local_defaults
+
+    return local_defaults([])
 
 
 def job_defaults() -> JobDefaults:
@@ -219,11 +231,11 @@ def agreement(top1: dict[str, int], reference: dict[str, int]) -> float:
     return sum(top1.get(name) == class_id for name, class_id in reference.items()) / len(reference)
 
 
-def measure_naive(corpus: Path, n: int, model: str) -> dict[str, Any]:
-    """(d) The naive baseline (naive_baseline.py): N / wall time of the whole command."""
+def measure_naive(corpus: Path, n: int, model: str, beam_args: Sequence[str]) -> dict[str, Any]:
+    """(d) The naive baseline (naive_baseline.py) with these Beam arguments: N / wall time of the whole command."""
     with tempfile.TemporaryDirectory(prefix="bench-naive-") as out:
         command = [sys.executable, str(NAIVE_BASELINE)]
-        command += ["--input-dir", str(corpus), "--output", f"{out}/naive", "--model", model]
+        command += ["--input-dir", str(corpus), "--output", f"{out}/naive", "--model", model, *beam_args]
         run = run_measured(command, _subprocess_env())
     run.check("the naive baseline")
     printed = re.search(r"naive: (\d+) images in ([\d.]+) s", run.stdout)
@@ -234,6 +246,7 @@ def measure_naive(corpus: Path, n: int, model: str) -> dict[str, Any]:
         "pipeline_seconds": float(printed[2]) if printed else None,
         "rows_written": int(printed[1]) if printed else None,
         "runner": runner[1].strip() if runner else None,
+        "runner_args": list(beam_args),
         "peak_rss_mib": run.maxrss_mib,
     }
 
@@ -347,6 +360,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     backends = installed_backends(args.backends, args.model, args.tflite_model)
     names = list(backends)
     print("backends: " + ", ".join(f"{b} ({Path(m).name})" for b, m in backends.items()))
+    naive_args = {"naive": [], "naive_job_runner": job_runner_args()}
 
     # The model alone does not depend on the runner layout: measured once per backend.
     benches = {
@@ -381,12 +395,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             figures["decode"] = measure_decode(files, size, defaults)
             print(f"{tag} decode                {figures['decode']['images_per_s']:8.1f} images/s", flush=True)
         if "naive" in stages:
-            naive = figures["naive"] = measure_naive(corpus, args.n, args.model)
-            print(
-                f"{tag} naive                 {naive['images_per_s']:8.1f} images/s, "
-                f"peak RSS {naive['peak_rss_mib']:.0f} MiB",
-                flush=True,
-            )
+            runs = list(NAIVE_RUNS)
+            for key in runs[r % len(runs) :] + runs[: r % len(runs)]:  # each repeat starts with the other one
+                naive = figures[key] = measure_naive(corpus, args.n, args.model, naive_args[key])
+                print(
+                    f"{tag} naive                 {naive['images_per_s']:8.1f} images/s, "
+                    f"peak RSS {naive['peak_rss_mib']:.0f} MiB ({NAIVE_RUNS[key]})",
+                    flush=True,
+                )
         _ratios(figures)
         repeats.append(figures)
 
@@ -402,6 +418,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "tflite_model": args.tflite_model,
         "labels": args.labels,
         "job_args": args.job_arg,
+        "naive_runner_args": naive_args,
         "corpus": {"path": str(corpus), "kind": args.corpus, "version": CORPUS_VERSION, "sizes": sizes},
         "environment": env,
         "summary": summary,
@@ -419,8 +436,9 @@ def _ratios(figures: dict[str, Any]) -> None:
             if e2e:
                 figs["end_to_end_over_limit"] = e2e["images_per_s"] / figs["limit_images_per_s"]
                 figs["marginal_over_limit"] = e2e["marginal_images_per_s"] / figs["limit_images_per_s"]
-        if e2e and "naive" in figures:
-            figs["end_to_end_over_naive"] = e2e["images_per_s"] / figures["naive"]["images_per_s"]
+        for key in NAIVE_RUNS:
+            if e2e and key in figures:
+                figs[f"end_to_end_over_{key}"] = e2e["images_per_s"] / figures[key]["images_per_s"]
         if e2e and reference:
             figs["wall_over_reference"] = e2e["wall_s"] / reference["wall_s"]
             figs["cpu_over_reference"] = e2e["cpu_s"] / reference["cpu_s"]
@@ -462,6 +480,7 @@ def summarise(repeats: list[dict[str, Any]], names: Sequence[str]) -> dict[str, 
             "end_to_end_over_limit": over(get("end_to_end_over_limit")),
             "marginal_over_limit": over(get("marginal_over_limit")),
             "end_to_end_over_naive": over(get("end_to_end_over_naive")),
+            "end_to_end_over_naive_job_runner": over(get("end_to_end_over_naive_job_runner")),
             "wall_over_reference": over(get("wall_over_reference")),
             "end_to_end_cpu_s": over(get("end_to_end", "cpu_s")),
             "cpu_over_reference": over(get("cpu_over_reference")),
@@ -473,8 +492,8 @@ def summarise(repeats: list[dict[str, Any]], names: Sequence[str]) -> dict[str, 
     return {
         "backends": {b: per_backend(b) for b in names},
         "decode_images_per_s": over(lambda f: f["decode"]["images_per_s"]),
-        "naive_images_per_s": over(lambda f: f["naive"]["images_per_s"]),
-        "naive_peak_rss_mib": over(lambda f: f["naive"]["peak_rss_mib"]),
+        **{f"{key}_images_per_s": over(lambda f, key=key: f[key]["images_per_s"]) for key in NAIVE_RUNS},
+        **{f"{key}_peak_rss_mib": over(lambda f, key=key: f[key]["peak_rss_mib"]) for key in NAIVE_RUNS},
     }
 
 
@@ -512,7 +531,7 @@ def print_summary(
         (f"    top-1 agrees with {REFERENCE_BACKEND}'s (share)", "top1_agreement_with_reference", 3),
         ("    end to end / limit (wall)", "end_to_end_over_limit", 2),
         ("    end to end / limit (marginal)", "marginal_over_limit", 2),
-        ("    end to end / naive", "end_to_end_over_naive", 2),
+        *((f"    end to end / naive ({label})", f"end_to_end_over_{key}", 2) for key, label in NAIVE_RUNS.items()),
         ("    peak RSS of the job's largest process, MiB", "end_to_end_peak_rss_mib", 0),
         ("    peak RSS of a 1-image run, MiB", "startup_peak_rss_mib", 0),
     ]
@@ -520,17 +539,16 @@ def print_summary(
         cells = [summary["backends"][b][key] for b in names]
         if any(cell is not None for cell in cells):
             print(f"  {label:<48}" + "".join(f"{fmt(cell, digits):>{width}}" for cell in cells))
-    threads = os.cpu_count()
-    for label, key, unit in [
-        (f"(b) decode alone, {threads} threads", "decode_images_per_s", " images/s"),
-        ("(d) naive baseline, N / wall time", "naive_images_per_s", " images/s"),
-        ("    peak RSS, naive", "naive_peak_rss_mib", " MiB"),
-    ]:
-        if summary[key] is not None:
-            print(f"  {label:<48} {fmt(summary[key], 1, unit)}")
-    naive_runner = next((f["naive"]["runner"] for f in repeats if "naive" in f), None)
-    if naive_runner:
-        print(f"  naive baseline ran on: {naive_runner}")
+    if summary["decode_images_per_s"] is not None:
+        label = f"(b) decode alone, {os.cpu_count()} threads"
+        print(f"  {label:<48} {fmt(summary['decode_images_per_s'], 1, ' images/s')}")
+    for key, label in NAIVE_RUNS.items():
+        images_per_s = summary[f"{key}_images_per_s"]
+        if images_per_s is not None:
+            runner = next(f[key]["runner"] for f in repeats if key in f)
+            print(f"  {f'(d) naive ({label}), N / wall time':<48} {fmt(images_per_s, 1, ' images/s')}")
+            print(f"  {'    peak RSS':<48} {fmt(summary[f'{key}_peak_rss_mib'], 1, ' MiB')}")
+            print(f"  {'    ran on':<48} {runner}")
     print("  (wall times include interpreter start, imports and model load; the job's own figure covers its run only)")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"  load average at the end: {load}")
