@@ -6,21 +6,17 @@ python benchmarks/decode_memory.py            # builds the PNGs once under ~/.ca
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from measure import run_measured
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SIZE = (10_000, 8_000)
 COUNT = 6
-RSS_WRAPPER = (
-    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)"
-)
 
 
 def build_pngs(folder: Path) -> Path:
@@ -46,10 +42,9 @@ def main() -> int:
         command = [sys.executable, "-m", "beam_pipeline", "--input", str(folder), "--output", f"{out}/", "--quiet"]
         command += ["--model", str(shared / "models" / "mobilenet_v3_small_100_224_float")]
         command += ["--labels", str(shared / "labels" / "ImageNetLabels.txt")]
-        run = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *command], capture_output=True, text=True)
+        run = run_measured(command)
     print(run.stdout.strip())
-    peak_mib = int(run.stderr.strip().splitlines()[-1]) / 1024
-    print(f"{COUNT} x {SIZE[0]}x{SIZE[1]} RGBA PNGs: exit {run.returncode}, peak RSS {peak_mib:,.0f} MiB")
+    print(f"{COUNT} x {SIZE[0]}x{SIZE[1]} RGBA PNGs: exit {run.returncode}, peak RSS {run.maxrss_mib:,.0f} MiB")
     return run.returncode
 
 

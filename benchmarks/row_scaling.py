@@ -3,7 +3,7 @@
 Each manifest is a Parquet file of ids 0..N-1 whose URIs name missing files, plus the 5 real photos of
 ../shared/images/photos at spread-out ids, so nearly every row is a fast NotFound error row and the run measures
 the pipeline's own per-row cost. Every run is checked for every id exactly once in the published shards, and its
-peak RSS (the job's process tree: a fresh wrapper process per run reads RUSAGE_CHILDREN) is reported.
+peak RSS (the largest process of the job's tree, read by measure.py's wrapper process) is reported.
 
     python benchmarks/row_scaling.py                            # 1,000 rows once, 1,000,000 rows three times
     python benchmarks/row_scaling.py --sizes 1000,200000 --repeats 1
@@ -15,23 +15,16 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from measure import run_measured
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Runs a command and prints its peak RSS in KiB: the largest of the processes it waited for.
-RSS_WRAPPER = (
-    "import resource, subprocess, sys; "
-    "code = subprocess.run(sys.argv[1:]).returncode; "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)"
-)
 
 
 def write_manifest(path: Path, rows: int, photos: list[Path]) -> None:
@@ -44,21 +37,18 @@ def write_manifest(path: Path, rows: int, photos: list[Path]) -> None:
 def run_job(manifest: Path, output: Path, model: str, labels: str) -> dict:
     command = [sys.executable, "-m", "beam_pipeline", "--input", str(manifest), "--output", f"{output}/"]
     command += ["--model", model, "--labels", labels, "--top-k", "1"]
-    started = time.monotonic()
-    run = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *command], capture_output=True, text=True)
-    wall = time.monotonic() - started
+    run = run_measured(command)
     if run.returncode != 0:
         raise SystemExit(f"job failed ({run.returncode}): {run.stderr[-2000:]}")
-    peak_kib = int(run.stderr.strip().splitlines()[-1])
     ids = ds.dataset(output, format="parquet").to_table(columns=["id"]).column("id").to_numpy()
     success = json.loads((output / "_SUCCESS").read_text())
     return {
         "rows_out": len(ids),
         "distinct_ids": len(set(ids.tolist())),
         "status": success["status"],
-        "wall_s": round(wall, 1),
-        "rows_per_s": round(len(ids) / wall),
-        "peak_rss_mib": round(peak_kib / 1024),
+        "wall_s": round(run.wall_s, 1),
+        "rows_per_s": round(len(ids) / run.wall_s),
+        "peak_rss_mib": round(run.maxrss_mib),
     }
 
 

@@ -10,7 +10,7 @@ Run from the repository root with the project's venv active (see benchmarks/READ
 
 The backends are those of `--backends` that are installed (default: all): tensorflow and openvino run `--model` (the
 float SavedModel), litert runs `--tflite-model` (the uint8 .tflite). Each repeat measures, in this order, every
-backend's (a) and (c) in turn (the backends' order rotates from one repeat to the next), then (b) and (d):
+backend's (a) and (c) in turn (the backends' order rotates from one repeat to the next), then (b) and both (d):
 
 (a) model: `beam_pipeline.models.load(...).predict` on pre-decoded uint8 [B,224,224,3] batches, B = the job's default
     --max-batch-size, in this process;
@@ -21,49 +21,57 @@ backend's (a) and (c) in turn (the backends' order rotates from one repeat to th
     the job prints itself (its pipeline run only), and the marginal rate once start-up (a 1-image run) is paid; its
     CPU time (user + system), which other jobs on a shared machine disturb far less than its wall time; the peak RSS
     of its largest process; and the share of images whose top-1 class equals tensorflow's in that repeat;
-(d) naive: the pipeline as Beam's documentation writes one (see `naive_baseline`), run by this script in its
-    internal `--naive-baseline` mode as a subprocess, images/s = N / wall time of the whole command.
+(d) naive: the pipeline as Beam's documentation writes one (benchmarks/naive_baseline.py), as a subprocess,
+    images/s = N / wall time of the whole command; twice: on Beam's defaults (DirectRunner), and on the runner
+    settings the job defaults to (beam_pipeline.cli.local_defaults), so that end-to-end / naive is given both with
+    the runner choice mixed in and with the design alone.
 
 The limit is 1 / (1/model + 1/decode): the best the two stages can do sharing the same cores. It prints figures as
 median [min-max] over the repeats, and ratios taken within one repeat, then summarised the same way: each backend's
-wall (and CPU) time over tensorflow's, end-to-end / limit and end-to-end / naive. Nothing here asserts a time.
+wall (and CPU) time over tensorflow's, end-to-end / limit and end-to-end / each naive. Nothing here asserts a time.
+
+This file drives the runs (backends, stages, repeats) and summarises them; corpus.py builds the corpus, stages.py
+holds the measurements (a) to (d), measure.py times each subprocess and reads its peak RSS, and naive_baseline.py is
+the naive pipeline. They import each other as sibling modules: run the script by its path, as above.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import dataclasses
 import datetime
 import importlib.metadata
 import json
 import math
 import os
 import platform
-import random
-import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from corpus import (
+    CORPORA,
+    CORPUS_VERSION,
+    JPEG_QUALITY,
+    build_corpus,
+    corpus_files,
+    describe_corpus,
+    duplicate_corpus,
+    shared_dir,
+)
+from stages import (
+    JobDefaults,
+    ModelBench,
+    job_defaults,
+    job_runner_args,
+    measure_decode,
+    measure_end_to_end,
+    measure_naive,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CORPUS_VERSION = "v1"  # bump when the corpus recipe changes: cached corpora are keyed by it
-SIZE_MIX: tuple[tuple[float, tuple[int, int]], ...] = (
-    (0.4, (500, 375)),
-    (0.3, (1024, 768)),
-    (0.2, (1920, 1080)),
-    (0.1, (4000, 3000)),
-)
-# --corpus: "mixed" (phone and camera sizes, SIZE_MIX) or "web" (every image 500x375, ImageNet-like web photos).
-CORPORA: dict[str, tuple[tuple[float, tuple[int, int]], ...]] = {"mixed": SIZE_MIX, "web": ((1.0, (500, 375)),)}
 # What each compared run uses: its --backend and any runner arguments. `tensorflow-mp2` is the default job on
 # FnApiRunner's multi_processing layout with 2 workers (one SDK process per core, as Dataflow runs), against the
 # default in-memory worker with its decode thread pool.
@@ -78,468 +86,16 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 BACKEND_ORDER = tuple(VARIANTS)
 REFERENCE_BACKEND = "tensorflow"  # wall-time ratios and top-1 agreement are taken against this backend
-JPEG_QUALITY = 90
-# Upscaled photos are smoother than camera photos (smaller files, cheaper entropy decoding). Gaussian noise of this
-# standard deviation (in 8-bit levels) brings a 4000x3000 JPEG at quality 90 to about 2 MB, a camera-like size.
-SENSOR_NOISE_SIGMA = 4.0
-SEED = 20240603
+# The naive baseline's two runs, by their key in the figures: on Beam's defaults, and on the job's default runner
+# settings (the same Beam arguments the job adds when given no --runner).
+NAIVE_RUNS = {"naive": "DirectRunner defaults", "naive_job_runner": "job's runner settings"}
 MEMORY_CHECK_SIZES = (1000, 10000)
 MEMORY_FLAT_WITHIN = 0.15  # the issue's targets, reported, not asserted
 MEMORY_LIMIT_MIB = 1536.0  # 1.5 GiB
-SUMMARY_RE = re.compile(r"time: ([\d.]+) s\s+\(([\d.]+) images/s\)")
-COUNTS_RE = re.compile(r"images read: (\d+)\s+labelled: (\d+)\s+failed: (\d+)")
-
-# Runs a command and reports its wall time, its CPU time (user + system, all processes) and the peak RSS of its
-# process tree (the largest single process, as RUSAGE_CHILDREN counts it: every descendant that was waited for) to
-# a JSON file. A fresh wrapper per run gives each run its own measurement; this script's own RUSAGE_CHILDREN would
-# keep the maximum over all earlier runs.
-_MEASURE_WRAPPER = (
-    "import json, resource, subprocess, sys, time\n"
-    "start = time.monotonic()\n"
-    "code = subprocess.run(sys.argv[2:]).returncode\n"
-    "wall = time.monotonic() - start\n"
-    "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-    "cpu = usage.ru_utime + usage.ru_stime\n"
-    "figures = {'returncode': code, 'wall_s': wall, 'cpu_s': cpu, 'maxrss_kib': usage.ru_maxrss}\n"
-    "json.dump(figures, open(sys.argv[1], 'w'))\n"
-    "sys.exit(code)\n"
-)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Corpus
-
-
-def shared_dir() -> Path:
-    """The shared read-only data folder: $LABELLER_SHARED_DIR, else ../shared beside the repository."""
-    return Path(os.environ.get("LABELLER_SHARED_DIR", REPO_ROOT.parent / "shared"))
-
-
-def cache_root() -> Path:
-    """Where corpora are cached between runs: $XDG_CACHE_HOME (default ~/.cache)/beam-image-labeller."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "beam-image-labeller"
-
-
-def source_photos() -> list[tuple[str, Any]]:
-    """Real photos to build the corpus from, as (name, RGB PIL image).
-
-    The photos in ../shared/images when present; otherwise scikit-image's bundled sample photos and matplotlib's
-    grace_hopper.jpg.
-    """
-    from PIL import Image
-
-    images = shared_dir() / "images"
-    paths = sorted(
-        p
-        for folder in (images / "photos", images / "imagenet-sample-100")
-        if folder.is_dir()
-        for p in folder.iterdir()
-        if p.suffix.lower() in {".jpg", ".jpeg", ".bmp", ".png"}
-    )
-    if paths:
-        return [(p.name, Image.open(p).convert("RGB")) for p in paths]
-    photos = []
-    try:
-        import skimage.data
-
-        for name in ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry"):
-            try:
-                photos.append((name, Image.fromarray(getattr(skimage.data, name)()).convert("RGB")))
-            except Exception:  # noqa: BLE001 - a sample that needs a download is skipped
-                continue
-    except ImportError:
-        pass
-    try:
-        import matplotlib.cbook
-
-        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-            photos.append(("grace_hopper.jpg", Image.open(f).convert("RGB")))
-    except Exception:  # noqa: BLE001 - matplotlib is optional
-        pass
-    if not photos:
-        raise SystemExit(f"no source photos: {images} is missing and neither scikit-image nor matplotlib is installed")
-    return photos
-
-
-def size_plan(n: int, mix: tuple[tuple[float, tuple[int, int]], ...] = SIZE_MIX) -> list[tuple[int, int]]:
-    """The (width, height) of each of the n images: the mix's shares (largest remainders), in a seeded order."""
-    exact = [share * n for share, _ in mix]
-    counts = [math.floor(x) for x in exact]
-    by_remainder = sorted(range(len(mix)), key=lambda i: exact[i] - counts[i], reverse=True)
-    for i in by_remainder[: n - sum(counts)]:
-        counts[i] += 1
-    plan = [size for (_, size), count in zip(mix, counts) for _ in range(count)]
-    random.Random(SEED).shuffle(plan)
-    return plan
-
-
-def _make_image(source: Any, size: tuple[int, int], seed: int) -> bytes:
-    """A random crop of `source` at the target aspect ratio, resized to `size`, with sensor-like noise, as JPEG."""
-    import io
-
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    width, height = size
-    src_w, src_h = source.size
-    aspect = width / height
-    crop_w, crop_h = (src_w, src_w / aspect) if src_w / src_h < aspect else (src_h * aspect, src_h)
-    scale = rng.uniform(0.8, 1.0)
-    crop_w, crop_h = crop_w * scale, crop_h * scale
-    left, top = rng.uniform(0, src_w - crop_w), rng.uniform(0, src_h - crop_h)
-    im = source.resize(size, Image.Resampling.BICUBIC, box=(left, top, left + crop_w, top + crop_h))
-    pixels = np.asarray(im, dtype=np.float32)
-    pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * SENSOR_NOISE_SIGMA
-    out = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=JPEG_QUALITY)
-    return out.getvalue()
-
-
-def _corpus_is_complete(folder: Path, key: dict[str, Any]) -> bool:
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        return False
-    try:
-        return json.loads(manifest.read_text()).get("key") == key
-    except ValueError:
-        return False
-
-
-def build_corpus(n: int, root: Path | None = None, corpus: str = "mixed") -> Path:
-    """The folder of the n-image corpus, built on first use and cached (keyed by n, the corpus and CORPUS_VERSION)."""
-    root = root or cache_root()
-    mix = CORPORA[corpus]
-    version = CORPUS_VERSION if corpus == "mixed" else f"{CORPUS_VERSION}-{corpus}"
-    key = {"version": version, "n": n, "mix": mix, "quality": JPEG_QUALITY, "noise": SENSOR_NOISE_SIGMA}
-    key = json.loads(json.dumps(key))  # tuples as lists, as they read back
-    folder = root / f"bench-corpus-{n}-{version}"
-    if _corpus_is_complete(folder, key):
-        return folder
-    print(f"building the corpus of {n} JPEGs in {folder} (once; later runs reuse it) ...", flush=True)
-    started = time.monotonic()
-    photos = source_photos()
-    plan = size_plan(n, mix)
-    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=_mkdirs(root)))
-
-    def make(i: int) -> dict[str, Any]:
-        name, source = photos[i % len(photos)]
-        data = _make_image(source, plan[i], SEED + i)
-        path = partial / f"img-{i:06d}.jpg"
-        path.write_bytes(data)
-        return {"file": path.name, "source": name, "width": plan[i][0], "height": plan[i][1], "bytes": len(data)}
-
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        files = list(pool.map(make, range(n)))
-    (partial / "manifest.json").write_text(json.dumps({"key": key, "files": files}, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    print(f"  built in {time.monotonic() - started:.0f} s", flush=True)
-    return folder
-
-
-def duplicate_corpus(n: int, base: Path, root: Path | None = None) -> Path:
-    """An n-file corpus whose files are hard links to (or copies of) the base corpus's images, cycled."""
-    root = root or cache_root()
-    base_files = corpus_files(base)
-    key = {"version": CORPUS_VERSION, "n": n, "duplicates_of": base.name}
-    folder = root / f"bench-corpus-{n}-{CORPUS_VERSION}-dup-of-{len(base_files)}"
-    if _corpus_is_complete(folder, key):
-        return folder
-    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=_mkdirs(root)))
-    for i in range(n):
-        target = partial / f"img-{i:06d}.jpg"
-        source = base_files[i % len(base_files)]
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copyfile(source, target)
-    (partial / "manifest.json").write_text(json.dumps({"key": key}))
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    return folder
-
-
-def corpus_files(folder: Path) -> list[Path]:
-    """The corpus's images, in name order."""
-    return sorted(folder.glob("*.jpg"))
-
-
-def describe_corpus(folder: Path) -> dict[str, Any]:
-    """Count and mean file size per image size, read from the files themselves."""
-    from PIL import Image
-
-    sizes: dict[str, list[int]] = {}
-    for path in corpus_files(folder):
-        with Image.open(path) as im:
-            sizes.setdefault(f"{im.width}x{im.height}", []).append(path.stat().st_size)
-    return {k: {"count": len(v), "mean_kb": round(sum(v) / len(v) / 1000)} for k, v in sorted(sizes.items())}
-
-
-def _mkdirs(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# In-process measurements
-
-
-@dataclasses.dataclass(frozen=True)
-class JobDefaults:
-    """The job's defaults, read from its own argument parser so they follow the code."""
-
-    resize: str
-    max_image_pixels: int
-    max_batch_size: int
-    min_batch_size: int
-
-
-def job_defaults() -> JobDefaults:
-    """Parses an empty job command line to read the job's defaults."""
-    from beam_pipeline.cli import build_parser
-
-    flags, _ = build_parser().parse_known_args([])
-    return JobDefaults(flags.resize, flags.max_image_pixels, flags.max_batch_size, flags.min_batch_size)
-
-
-class ModelBench:
-    """(a) The model alone: the job's classifier on pre-decoded uint8 batches of the job's max batch size."""
-
-    def __init__(self, model: str, backend: str, files: Sequence[Path], defaults: JobDefaults):
-        from beam_pipeline import models
-        from beam_pipeline.preprocess import decode_image
-
-        self.classifier = models.load(models.resolve(model, backend))
-        self.batch_size = defaults.max_batch_size
-        width, height = self.classifier.input_size
-        images = [
-            decode_image(
-                path.read_bytes(),
-                size=(width, height),
-                resize=defaults.resize,  # type: ignore[arg-type]
-                max_pixels=defaults.max_image_pixels,
-            )[0]
-            for path in files[: self.batch_size]
-        ]
-        while len(images) < self.batch_size:  # a corpus smaller than one batch
-            images.extend(images[: self.batch_size - len(images)])
-        self.batch = np.stack(images)
-        self.classifier.predict(self.batch)  # warm-up: the first call at this batch size allocates
-
-    def run(self, n: int) -> dict[str, float]:
-        """Predicts ceil(n / B) full batches; returns images/s."""
-        batches = math.ceil(n / self.batch_size)
-        started = time.perf_counter()
-        for _ in range(batches):
-            self.classifier.predict(self.batch)
-        seconds = time.perf_counter() - started
-        return {"images_per_s": batches * self.batch_size / seconds, "seconds": seconds, "batch_size": self.batch_size}
-
-
-def measure_decode(files: Sequence[Path], size: tuple[int, int], defaults: JobDefaults) -> dict[str, float]:
-    """(b) The decode step alone: decode_image over the corpus's bytes on os.cpu_count() threads; returns images/s."""
-    from beam_pipeline.preprocess import decode_image
-
-    blobs = [path.read_bytes() for path in files]  # read before the clock starts: this times the decode only
-    threads = os.cpu_count() or 1
-
-    def decode(data: bytes) -> None:
-        decode_image(data, size=size, resize=defaults.resize, max_pixels=defaults.max_image_pixels)  # type: ignore[arg-type]
-
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        started = time.perf_counter()
-        for _ in pool.map(decode, blobs):
-            pass
-        seconds = time.perf_counter() - started
-    return {"images_per_s": len(blobs) / seconds, "seconds": seconds, "threads": threads}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Subprocess measurements
-
-
-@dataclasses.dataclass
-class Measured:
-    """One subprocess run: exit code, wall and CPU time of the whole command, peak RSS, and what it printed."""
-
-    returncode: int
-    wall_s: float
-    cpu_s: float
-    maxrss_mib: float
-    stdout: str
-    stderr: str
-
-
-def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> Measured:
-    """Runs `command` under a fresh wrapper process that reports its wall time and its peak RSS."""
-    with tempfile.TemporaryDirectory(prefix="bench-measure-") as tmp:
-        report = Path(tmp) / "report.json"
-        done = subprocess.run(
-            [sys.executable, "-c", _MEASURE_WRAPPER, str(report), *command],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO_ROOT,
-            check=False,
-        )
-        failed = {"wall_s": math.nan, "cpu_s": math.nan, "maxrss_kib": 0}
-        figures = json.loads(report.read_text()) if report.exists() else failed
-    return Measured(
-        done.returncode, figures["wall_s"], figures["cpu_s"], figures["maxrss_kib"] / 1024, done.stdout, done.stderr
-    )
-
-
-def _subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    return env
-
-
-def _check_ran(what: str, run: Measured) -> None:
-    if run.returncode != 0:
-        tail = "\n".join((run.stdout + run.stderr).strip().splitlines()[-30:])
-        raise SystemExit(f"{what} failed with exit code {run.returncode}:\n{tail}")
-
-
-def measure_end_to_end(
-    corpus: Path, n: int, model: str, labels: str, job_args: Sequence[str], backend: str | None = None
-) -> dict[str, Any]:
-    """(c) `python -m beam_pipeline` with its defaults: N / wall time of the whole command, and what it prints.
-
-    `corpus` may be a folder or a single image (the start-up measurement). The result's "top1" maps each image's
-    file name to the class id the job put first.
-    """
-    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as out:
-        command = [sys.executable, "-m", "beam_pipeline", "--input", str(corpus), "--output", f"{out}/labels"]
-        command += ["--model", model, "--labels", labels, *(["--backend", backend] if backend else []), *job_args]
-        run = run_measured(command, _subprocess_env())
-        _check_ran("the job", run)
-        top1 = read_top1(Path(out))
-    printed = SUMMARY_RE.search(run.stdout)
-    counts = COUNTS_RE.search(run.stdout)
-    labelled = int(counts[2]) if counts else None
-    if labelled != n:
-        print(f"  warning: the job labelled {labelled} of {n} images:\n{run.stdout}", file=sys.stderr)
-    return {
-        "images_per_s": n / run.wall_s,
-        "wall_s": run.wall_s,
-        "cpu_s": run.cpu_s,
-        "job_printed_images_per_s": float(printed[2]) if printed else None,
-        "job_printed_seconds": float(printed[1]) if printed else None,
-        "images_labelled": labelled,
-        "peak_rss_mib": run.maxrss_mib,
-        "top1": top1,
-    }
-
-
-def read_top1(folder: Path) -> dict[str, int]:
-    """{file name: top-1 class id} from a job's Parquet shards in `folder` (error rows have no class)."""
-    import pyarrow.parquet as pq
-
-    top1 = {}
-    for shard in sorted(folder.glob("labels-*.parquet")):
-        for row in pq.read_table(shard, columns=["uri", "top_k"]).to_pylist():
-            if row["top_k"]:
-                top1[Path(row["uri"]).name] = row["top_k"][0]["class_id"]
-    return top1
-
-
-def agreement(top1: dict[str, int], reference: dict[str, int]) -> float:
-    """The share of the reference's images that got the same top-1 class."""
-    return sum(top1.get(name) == class_id for name, class_id in reference.items()) / len(reference)
-
-
-def measure_naive(corpus: Path, n: int, model: str) -> dict[str, Any]:
-    """(d) The naive baseline (this script's --naive-baseline mode): N / wall time of the whole command."""
-    with tempfile.TemporaryDirectory(prefix="bench-naive-") as out:
-        command = [sys.executable, str(Path(__file__).resolve()), "--naive-baseline"]
-        command += ["--input-dir", str(corpus), "--output", f"{out}/naive", "--model", model]
-        run = run_measured(command, _subprocess_env())
-    _check_ran("the naive baseline", run)
-    printed = re.search(r"naive: (\d+) images in ([\d.]+) s", run.stdout)
-    runner = re.search(r"naive runner: (.*)", run.stdout)
-    return {
-        "images_per_s": n / run.wall_s,
-        "wall_s": run.wall_s,
-        "pipeline_seconds": float(printed[2]) if printed else None,
-        "rows_written": int(printed[1]) if printed else None,
-        "runner": runner[1].strip() if runner else None,
-        "peak_rss_mib": run.maxrss_mib,
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The naive baseline: the pipeline as Beam's RunInference documentation writes one
-
-
-def naive_baseline(input_dir: str, output: str, model: str) -> None:
-    """`beam.Create(paths) | Map(decode) | RunInference(TF handler) | Map(row) | WriteToParquet`, Beam's defaults.
-
-    Full Pillow decode (no JPEG draft mode), .convert('RGB').resize((224, 224)), float32 / 255; Beam's stock
-    `TFModelHandlerNumpy` with its default batching, whose `load_model` (tf.keras.models.load_model) cannot load this
-    TF Hub SavedModel under Keras 3, so a subclass overrides only `load_model` with tf.saved_model.load; its stock
-    `run_inference` calls model(batch), which this SavedModel's __call__ accepts. No --runner: Beam's default
-    DirectRunner, which first tries to download the Prism runner and, offline, falls back.
-    """
-    import logging
-
-    import apache_beam as beam
-    import pyarrow as pa
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-    from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
-    from PIL import Image
-
-    class SavedModelHandlerNumpy(TFModelHandlerNumpy):
-        """Beam's TFModelHandlerNumpy, loading with tf.saved_model.load instead of tf.keras.models.load_model."""
-
-        def load_model(self):
-            import tensorflow as tf
-
-            return tf.saved_model.load(self._model_uri)
-
-    def read_and_preprocess(path: str) -> tuple[str, np.ndarray]:
-        with FileSystems.open(path) as f:
-            image = Image.open(f).convert("RGB").resize((224, 224))
-        return path, np.asarray(image, dtype=np.float32) / 255.0
-
-    def to_row(path: str, result) -> dict[str, Any]:
-        logits = np.asarray(result.inference)
-        return {"path": path, "class_id": int(np.argmax(logits)), "score": float(np.max(logits))}
-
-    # Report which runner ran: the DirectRunner logs its Prism attempt and fallback at INFO.
-    direct_log = logging.getLogger("apache_beam.runners.direct.direct_runner")
-    messages: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage())
-
-    direct_log.addHandler(Keep())
-    direct_log.setLevel(logging.INFO)
-
-    paths = sorted(str(p) for p in Path(input_dir).glob("*.jpg"))
-    schema = pa.schema([("path", pa.string()), ("class_id", pa.int64()), ("score", pa.float32())])
-    started = time.monotonic()
-    with beam.Pipeline() as p:
-        (
-            p
-            | "Paths" >> beam.Create(paths)
-            | "Preprocess" >> beam.Map(read_and_preprocess)
-            | "RunInference" >> RunInference(KeyedModelHandler(SavedModelHandlerNumpy(model)))
-            | "ToRow" >> beam.MapTuple(to_row)
-            | "Write" >> beam.io.WriteToParquet(output, schema, file_name_suffix=".parquet")
-        )
-    seconds = time.monotonic() - started
-    fell_back = any("Falling back" in m for m in messages)
-    runner = "DirectRunner (Prism download failed, fell back)" if fell_back else "DirectRunner"
-    print(f"naive runner: {runner}")
-    print(f"naive: {len(paths)} images in {seconds:.1f} s")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Reporting
+# Figures
 
 
 def spread(values: Iterable[float | None]) -> dict[str, float] | None:
@@ -561,6 +117,11 @@ def fmt(stats: dict[str, float] | None, digits: int = 1, unit: str = "") -> str:
 def limit(model_ips: float, decode_ips: float) -> float:
     """The best the model and the decode can do sharing the same cores: 1 / (1/model + 1/decode)."""
     return 1.0 / (1.0 / model_ips + 1.0 / decode_ips)
+
+
+def agreement(top1: dict[str, int], reference: dict[str, int]) -> float:
+    """The share of the reference's images that got the same top-1 class."""
+    return sum(top1.get(name) == class_id for name, class_id in reference.items()) / len(reference)
 
 
 def environment() -> dict[str, Any]:
@@ -605,6 +166,10 @@ def _cpu_name() -> str | None:
         return None
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# The benchmark
+
+
 def installed_backends(wanted: Sequence[str], model: str, tflite_model: str) -> dict[str, str]:
     """{backend: the model it runs} for the wanted backends that are installed (a missing one is reported)."""
     from beam_pipeline import models
@@ -647,6 +212,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     backends = installed_backends(args.backends, args.model, args.tflite_model)
     names = list(backends)
     print("backends: " + ", ".join(f"{b} ({Path(m).name})" for b, m in backends.items()))
+    naive_args = {"naive": [], "naive_job_runner": job_runner_args()}
 
     # The model alone does not depend on the runner layout: measured once per backend.
     benches = {
@@ -681,12 +247,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             figures["decode"] = measure_decode(files, size, defaults)
             print(f"{tag} decode                {figures['decode']['images_per_s']:8.1f} images/s", flush=True)
         if "naive" in stages:
-            naive = figures["naive"] = measure_naive(corpus, args.n, args.model)
-            print(
-                f"{tag} naive                 {naive['images_per_s']:8.1f} images/s, "
-                f"peak RSS {naive['peak_rss_mib']:.0f} MiB",
-                flush=True,
-            )
+            runs = list(NAIVE_RUNS)
+            for key in runs[r % len(runs) :] + runs[: r % len(runs)]:  # each repeat starts with the other one
+                naive = figures[key] = measure_naive(corpus, args.n, args.model, naive_args[key])
+                print(
+                    f"{tag} naive                 {naive['images_per_s']:8.1f} images/s, "
+                    f"peak RSS {naive['peak_rss_mib']:.0f} MiB ({NAIVE_RUNS[key]})",
+                    flush=True,
+                )
         _ratios(figures)
         repeats.append(figures)
 
@@ -702,6 +270,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "tflite_model": args.tflite_model,
         "labels": args.labels,
         "job_args": args.job_arg,
+        "naive_runner_args": naive_args,
         "corpus": {"path": str(corpus), "kind": args.corpus, "version": CORPUS_VERSION, "sizes": sizes},
         "environment": env,
         "summary": summary,
@@ -719,8 +288,9 @@ def _ratios(figures: dict[str, Any]) -> None:
             if e2e:
                 figs["end_to_end_over_limit"] = e2e["images_per_s"] / figs["limit_images_per_s"]
                 figs["marginal_over_limit"] = e2e["marginal_images_per_s"] / figs["limit_images_per_s"]
-        if e2e and "naive" in figures:
-            figs["end_to_end_over_naive"] = e2e["images_per_s"] / figures["naive"]["images_per_s"]
+        for key in NAIVE_RUNS:
+            if e2e and key in figures:
+                figs[f"end_to_end_over_{key}"] = e2e["images_per_s"] / figures[key]["images_per_s"]
         if e2e and reference:
             figs["wall_over_reference"] = e2e["wall_s"] / reference["wall_s"]
             figs["cpu_over_reference"] = e2e["cpu_s"] / reference["cpu_s"]
@@ -762,6 +332,7 @@ def summarise(repeats: list[dict[str, Any]], names: Sequence[str]) -> dict[str, 
             "end_to_end_over_limit": over(get("end_to_end_over_limit")),
             "marginal_over_limit": over(get("marginal_over_limit")),
             "end_to_end_over_naive": over(get("end_to_end_over_naive")),
+            "end_to_end_over_naive_job_runner": over(get("end_to_end_over_naive_job_runner")),
             "wall_over_reference": over(get("wall_over_reference")),
             "end_to_end_cpu_s": over(get("end_to_end", "cpu_s")),
             "cpu_over_reference": over(get("cpu_over_reference")),
@@ -773,8 +344,8 @@ def summarise(repeats: list[dict[str, Any]], names: Sequence[str]) -> dict[str, 
     return {
         "backends": {b: per_backend(b) for b in names},
         "decode_images_per_s": over(lambda f: f["decode"]["images_per_s"]),
-        "naive_images_per_s": over(lambda f: f["naive"]["images_per_s"]),
-        "naive_peak_rss_mib": over(lambda f: f["naive"]["peak_rss_mib"]),
+        **{f"{key}_images_per_s": over(lambda f, key=key: f[key]["images_per_s"]) for key in NAIVE_RUNS},
+        **{f"{key}_peak_rss_mib": over(lambda f, key=key: f[key]["peak_rss_mib"]) for key in NAIVE_RUNS},
     }
 
 
@@ -812,7 +383,7 @@ def print_summary(
         (f"    top-1 agrees with {REFERENCE_BACKEND}'s (share)", "top1_agreement_with_reference", 3),
         ("    end to end / limit (wall)", "end_to_end_over_limit", 2),
         ("    end to end / limit (marginal)", "marginal_over_limit", 2),
-        ("    end to end / naive", "end_to_end_over_naive", 2),
+        *((f"    end to end / naive ({label})", f"end_to_end_over_{key}", 2) for key, label in NAIVE_RUNS.items()),
         ("    peak RSS of the job's largest process, MiB", "end_to_end_peak_rss_mib", 0),
         ("    peak RSS of a 1-image run, MiB", "startup_peak_rss_mib", 0),
     ]
@@ -820,20 +391,23 @@ def print_summary(
         cells = [summary["backends"][b][key] for b in names]
         if any(cell is not None for cell in cells):
             print(f"  {label:<48}" + "".join(f"{fmt(cell, digits):>{width}}" for cell in cells))
-    threads = os.cpu_count()
-    for label, key, unit in [
-        (f"(b) decode alone, {threads} threads", "decode_images_per_s", " images/s"),
-        ("(d) naive baseline, N / wall time", "naive_images_per_s", " images/s"),
-        ("    peak RSS, naive", "naive_peak_rss_mib", " MiB"),
-    ]:
-        if summary[key] is not None:
-            print(f"  {label:<48} {fmt(summary[key], 1, unit)}")
-    naive_runner = next((f["naive"]["runner"] for f in repeats if "naive" in f), None)
-    if naive_runner:
-        print(f"  naive baseline ran on: {naive_runner}")
+    if summary["decode_images_per_s"] is not None:
+        label = f"(b) decode alone, {os.cpu_count()} threads"
+        print(f"  {label:<48} {fmt(summary['decode_images_per_s'], 1, ' images/s')}")
+    for key, label in NAIVE_RUNS.items():
+        images_per_s = summary[f"{key}_images_per_s"]
+        if images_per_s is not None:
+            runner = next(f[key]["runner"] for f in repeats if key in f)
+            print(f"  {f'(d) naive ({label}), N / wall time':<48} {fmt(images_per_s, 1, ' images/s')}")
+            print(f"  {'    peak RSS':<48} {fmt(summary[f'{key}_peak_rss_mib'], 1, ' MiB')}")
+            print(f"  {'    ran on':<48} {runner}")
     print("  (wall times include interpreter start, imports and model load; the job's own figure covers its run only)")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"  load average at the end: {load}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The memory check
 
 
 def run_memory_check(args: argparse.Namespace) -> dict[str, Any]:
@@ -923,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=("model", "decode", "e2e", "naive"),
         default=["model", "decode", "e2e", "naive"],
-        help="which measurements to run",
+        help="which measurements to run (naive: both naive runs)",
     )
     parser.add_argument(
         "--job-arg",
@@ -933,22 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra argument for the job's command line, repeatable, e.g. --job-arg=--direct_num_workers=1 "
         "(the default run passes none)",
     )
-    # Internal: the naive baseline pipeline, run by this script as a subprocess.
-    parser.add_argument("--naive-baseline", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--input-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--output", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the benchmark (or the memory check, or the internal naive baseline); returns the exit code."""
+    """Runs the benchmark (or the memory check); returns the exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if str(REPO_ROOT) not in sys.path:  # beam_pipeline from this checkout, installed or not
         sys.path.insert(0, str(REPO_ROOT))
     args = build_parser().parse_args(argv)
-    if args.naive_baseline:
-        naive_baseline(args.input_dir, args.output, args.model)
-        return 0
     if args.n < 1 or args.repeats < 1:
         raise SystemExit("--n and --repeats must be at least 1")
     results = run_memory_check(args) if args.memory_check else run_benchmark(args)
