@@ -78,6 +78,7 @@ def _in_venv(venv: Path, code: str, cwd: Path) -> str:
     return result.stdout
 
 
+@pytest.mark.slow  # a worker venv (built, or refreshed from a fresh sdist)
 def test_setup_file_workers_get_what_gs_needs(setup_file_venv, tmp_path):
     """The sdist installed as Dataflow installs it (install_requires, no extras) can open gs:// and run the job."""
     probe = (
@@ -92,6 +93,7 @@ def test_setup_file_workers_get_what_gs_needs(setup_file_venv, tmp_path):
     )
 
 
+@pytest.mark.slow  # a worker venv (built, or refreshed from a fresh sdist)
 def test_lock_installs_as_in_the_worker_image(container_venv, tmp_path):
     """The lock installs on Beam's SDK requirement without conflicts, and the image can open gs:// and s3://."""
     probe = "import fsspec, beam_pipeline.pipeline; fsspec.filesystem('gs'); fsspec.filesystem('s3'); print('ok')"

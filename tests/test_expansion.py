@@ -11,6 +11,7 @@ from collections import Counter
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that
 
@@ -75,6 +76,7 @@ print("peak_kib", hwm)
 """
 
 
+@pytest.mark.slow  # two subprocess pipelines over 1,100,000 rows
 def test_expanding_a_million_row_manifest_takes_flat_memory(tmp_path):
     """Memory is bounded by a row group (read a batch at a time), not by the file: 100k-row groups, as writers make."""
     peaks = {}

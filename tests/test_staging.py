@@ -20,6 +20,7 @@ def _prepare(tmp_path, model, labels_file, *extra):
     return job.prepare(flags, local=False, model_staging=str(tmp_path / "temp" / "models"))
 
 
+@pytest.mark.slow  # loads TensorFlow models (chosen by name, so the slow-marker hook cannot see them)
 @pytest.mark.parametrize("model_fixture", ["tiny_model", "tflite_model"])
 def test_the_launcher_stages_once_and_workers_load_the_verified_copy(tmp_path, request, labels_file, model_fixture):
     model = request.getfixturevalue(model_fixture)
