@@ -9,7 +9,6 @@ comes out as its own error row, every night.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 import apache_beam as beam
@@ -18,14 +17,14 @@ import pyarrow.parquet as pq
 from fsspec.core import split_protocol
 
 from beam_pipeline import errors
+from beam_pipeline.inputs import GLOB_CHARS
 from beam_pipeline.manifests import MANIFEST_ERROR_KEY
+from beam_pipeline.outputs import shard_prefix
 from beam_pipeline.schema import ERROR_KIND_PERMANENT, ERROR_KIND_TRANSIENT, STATUS_ERROR, STATUS_OK
 
 SKIPPED_TAG = "skipped"
 NEEDED_COLUMNS = ("uri", "status", "model", "error_type")
 OPTIONAL_COLUMNS = ("error_kind",)  # absent from the output of runs before it existed
-_SHARD_NAME = re.compile(r".+-\d{5,}-of-\d{5,}\.parquet")
-_GLOB_CHARS = "*?["
 
 
 class EarlierOutputError(ValueError):
@@ -41,7 +40,7 @@ def find_earlier_shards(location: str) -> list[str]:
     """
     fs, path = fsspec.core.url_to_fs(location)
     protocol, _ = split_protocol(location)
-    if any(c in path for c in _GLOB_CHARS) and not fs.exists(path):
+    if any(c in path for c in GLOB_CHARS) and not fs.exists(path):
         candidates = sorted(fs.glob(path))
     else:
         candidates = sorted(fs.find(path)) if fs.isdir(path) else [path] if fs.exists(path) else []
@@ -58,7 +57,7 @@ def find_earlier_shards(location: str) -> list[str]:
 def _is_published_shard(path: str) -> bool:
     parts = path.rstrip("/").split("/")
     hidden = any(part.startswith(("_", ".")) or part.startswith("beam-temp-") for part in parts[:-1] if part)
-    return not hidden and _SHARD_NAME.fullmatch(parts[-1]) is not None
+    return not hidden and shard_prefix(parts[-1]) is not None
 
 
 class SkipLabelled(beam.PTransform):

@@ -32,7 +32,7 @@ from beam_pipeline.schema import RESERVED_NAMES
 
 MANIFEST_FORMATS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-_GLOB_CHARS = frozenset("*?[")
+GLOB_CHARS = frozenset("*?[")
 
 
 class InputError(ValueError):
@@ -55,7 +55,7 @@ class InputSpec:
 
     @property
     def is_glob(self) -> bool:
-        return not self.literal and any(c in self.path for c in _GLOB_CHARS)
+        return not self.literal and any(c in self.path for c in GLOB_CHARS)
 
 
 def check_exists(spec: InputSpec) -> InputSpec:
@@ -84,7 +84,7 @@ def _first(items: Iterator[str]) -> str | None:
 
 def _glob_root(path: str) -> str:
     """The folder a glob starts from: everything before the first segment with a pattern character."""
-    return path[: min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0] or "/"
+    return path[: min(path.index(c) for c in GLOB_CHARS if c in path)].rsplit("/", 1)[0] or "/"
 
 
 def _lazy_glob(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:

@@ -21,7 +21,8 @@ from apache_beam.io.filesystems import FileSystems
 SHARD_SUFFIX = ".parquet"
 SUCCESS_FILE = "_SUCCESS"
 STAGING_FOLDER = "_staging-"
-_SHARD_NAME = r"-\d{5,}-of-\d{5,}" + re.escape(SHARD_SUFFIX)  # Beam's default shard template, -SSSSS-of-NNNNN
+# Beam's default shard template: PREFIX-SSSSS-of-NNNNN.parquet
+_SHARD_NAME = re.compile(r"(?P<prefix>.+)-\d{5,}-of-\d{5,}" + re.escape(SHARD_SUFFIX))
 
 
 def new_run_id(now: datetime.datetime) -> str:
@@ -37,10 +38,16 @@ def expand_prefix(output: str, *, now: datetime.datetime, run_id: str) -> str:
     return prefix + "labels" if prefix.endswith("/") else prefix
 
 
+def shard_prefix(name: str) -> str | None:
+    """The prefix's file name part a shard file name was written for (`labels` for labels-00000-of-00002.parquet),
+    or None for a name that is not a shard's."""
+    match = _SHARD_NAME.fullmatch(name)
+    return match["prefix"] if match else None
+
+
 def is_shard_of(path: str, prefix: str) -> bool:
     """Whether `path` is a final shard PREFIX-SSSSS-of-NNNNN.parquet of exactly this prefix (not PREFIX-v2-...)."""
-    name = FileSystems.split(path)[1]
-    return re.fullmatch(re.escape(FileSystems.split(prefix)[1]) + _SHARD_NAME, name) is not None
+    return shard_prefix(FileSystems.split(path)[1]) == FileSystems.split(prefix)[1]
 
 
 def final_shards(prefix: str) -> list[str]:
@@ -65,7 +72,7 @@ def other_prefixes(prefix: str) -> list[str]:
     folder, name = FileSystems.split(prefix)
     pattern = FileSystems.join(folder, f"*-*-of-*{SHARD_SUFFIX}")
     names = {FileSystems.split(m.path)[1] for r in FileSystems.match([pattern]) for m in r.metadata_list}
-    found = {m.group(1) for m in map(re.compile(r"(.+)" + _SHARD_NAME).fullmatch, names) if m} - {name}
+    found = {shard_prefix(n) for n in names} - {name, None}
     success = read_success(prefix)
     if success and success.get("output_prefix") not in (None, prefix):
         found.add(FileSystems.split(success["output_prefix"])[1])

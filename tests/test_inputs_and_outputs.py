@@ -74,3 +74,12 @@ def test_output_under_home_is_expanded(tmp_path, shared, tiny_model, labels_file
     assert label(tmp_path / "photos", "~/labels/", tiny_model, labels_file) == 0
     assert read_output(tmp_path / "home" / "labels" / "labels").num_rows == 5
     assert json.loads((tmp_path / "home" / "labels" / "_SUCCESS").read_text())["status"] == "ok"
+
+
+def test_the_report_reads_only_its_prefixs_shards(tmp_path):
+    from beam_pipeline.report.files import resolve_inputs
+
+    for name in ["labels-00000-of-00001.parquet", "labels-v2-00000-of-00001.parquet"]:
+        (tmp_path / name).write_bytes(b"")
+    _, files = resolve_inputs(str(tmp_path / "labels"))
+    assert files == [str(tmp_path / "labels-00000-of-00001.parquet")]

@@ -8,7 +8,7 @@ from typing import Any
 
 import fsspec
 
-from beam_pipeline.outputs import SHARD_SUFFIX, SUCCESS_FILE
+from beam_pipeline.outputs import SHARD_SUFFIX, SUCCESS_FILE, shard_prefix
 from beam_pipeline.report.data import ReportError
 
 MAX_SUCCESS_BYTES = 1 << 20  # a bigger _SUCCESS file is shown truncated
@@ -31,6 +31,7 @@ def resolve_inputs(output: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     Files whose name starts with ``_`` or ``.`` (``_SUCCESS``, temp files) are skipped.
     """
     fs, path = fsspec.core.url_to_fs(output)
+    prefix_name = None  # set when `output` is a --output prefix: only its own shards count (not PREFIX-v2-...'s)
     if _has_magic(path):
         pattern = path
     elif fs.isdir(path):
@@ -39,9 +40,12 @@ def resolve_inputs(output: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
         return fs, [path]
     else:
         pattern = path + "*" + SHARD_SUFFIX
+        prefix_name = posixpath.basename(path)
     # detail=True gives each match's type without one more request per file on object stores.
     candidates = fs.glob(pattern, detail=True)
     files = sorted(p for p, info in candidates.items() if _is_data_file(p) and info.get("type") != "directory")
+    if prefix_name is not None:
+        files = [p for p in files if shard_prefix(posixpath.basename(p)) == prefix_name]
     if not files:
         raise ReportError(f"no Parquet files match {output!r}")
     return fs, files
