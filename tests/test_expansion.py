@@ -90,4 +90,6 @@ def test_expanding_a_million_row_manifest_takes_flat_memory(tmp_path):
         assert int(out["rows"]) == rows
         peaks[rows] = int(out["peak_kib"]) / 1024
     print(f"peak RSS expanding 100k rows: {peaks[100_000]:.0f} MiB, 1M rows: {peaks[1_000_000]:.0f} MiB")
-    assert peaks[1_000_000] < 1.15 * peaks[100_000], peaks
+    # Holding the 900,000 extra rows as dicts would add ~256 MiB (measured); a bounded read adds a few tens (noise
+    # between runs included), so the margin is absolute: a ratio of ~1.1 sat too close to the noise.
+    assert peaks[1_000_000] - peaks[100_000] < 100, peaks
