@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a virtualenv (first run only), labels sample photos on the local runner into ./output/, prints a summary.
 #   INPUT=...   folder, glob or manifest to label (default: sample photos shipped by scikit-image and matplotlib)
-#   MODEL=...   --model (default: ../shared's float SavedModel when present, else hf://Dimitre/mobilenet_v3_small)
+#   MODEL=...   --model (default: ../shared's float SavedModel when present, else the job's default, hf://Dimitre/mobilenet_v3_small pinned to a commit)
 #   LABELS=...  --labels (default: ../shared's ImageNetLabels.txt when present, else TensorFlow's published file)
 #   Extra arguments are passed to the job, e.g. ./run_local.sh --top-k 3
 set -euo pipefail

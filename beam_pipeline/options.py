@@ -13,7 +13,9 @@ from beam_pipeline.models import BACKENDS
 from beam_pipeline.preprocess import RESIZE_MODES
 from beam_pipeline.reading import DEFAULT_ALLOWED_SCHEMES, DEFAULT_READ_RETRIES, DEFAULT_READ_TIMEOUT
 
-DEFAULT_MODEL = "hf://Dimitre/mobilenet_v3_small"
+# Pinned to a commit, so that a new upload to the repo cannot change every run's labels (README, "Models", says
+# what is in it); `--model hf://Dimitre/mobilenet_v3_small` without `@` follows `main`, resolved once at launch.
+DEFAULT_MODEL = "hf://Dimitre/mobilenet_v3_small@e8d5673c1ba9c9efced1284827e582e51c0caec0"
 DEFAULT_RESIZE = "center-crop"  # measured: top-1 77% vs 70% (squash) on ../shared/images/imagenet-sample-100
 DEFAULT_MIN_BATCH_SIZE = 16
 DEFAULT_MAX_BATCH_SIZE = 64

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -15,9 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from beam_pipeline.options import DEFAULT_MODEL
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_ENV = "LABELLER_SHARED_DIR"
 TINY_CLASSES = 1001
+HF_REPO, HF_PINNED = DEFAULT_MODEL.removeprefix("hf://").split("@")
+HF_MAIN = "0123456789abcdef0123456789abcdef01234567"  # a later upload that the repo's `main` now points to
 # Tests that use one of these fixtures load a TensorFlow model or run the whole job, so they are marked slow.
 SLOW_FIXTURES = frozenset({"tiny_model", "float_model", "tflite_model", "pipeline_run"})
 
@@ -55,6 +60,20 @@ def tflite_model(shared: Path) -> str:
 @pytest.fixture(scope="session")
 def labels_file(shared: Path) -> str:
     return str(shared / "labels" / "ImageNetLabels.txt")
+
+
+@pytest.fixture
+def hf_cache(tmp_path: Path, float_model: str) -> dict[str, str]:
+    """An offline Hugging Face cache for the default model: the real float SavedModel at the pinned commit, and a
+    newer `main` whose SavedModel is garbage (a run that followed `main` instead of the pin could not load it).
+    Returns the environment that makes huggingface_hub use it."""
+    repo = tmp_path / "hub" / ("models--" + HF_REPO.replace("/", "--"))
+    shutil.copytree(float_model, repo / "snapshots" / HF_PINNED)
+    (repo / "snapshots" / HF_MAIN).mkdir(parents=True)
+    (repo / "snapshots" / HF_MAIN / "saved_model.pb").write_bytes(b"not a SavedModel")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HF_MAIN)
+    return {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, label, read_output, run_cli, shared_dir
+from conftest import HF_PINNED, HF_REPO, REPO, label, read_output, run_cli, shared_dir
 
 from beam_pipeline import models
 from beam_pipeline.preprocess import decode_image
 
 HEAVY = ("tensorflow", "keras", "tf_keras", "matplotlib")
-HF_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TFHUB_HANDLE = "https://tfhub.dev/google/imagenet/mobilenet_v3_small_100_224/classification/5"
 
 PHOTOS = shared_dir() / "images" / "photos"  # an --input that exists and holds images
@@ -58,24 +57,21 @@ def _job_with_importtime(tmp_path, *args, env: dict[str, str] | None = None) -> 
     return _imported(result.stderr), read_output(prefix).to_pylist()
 
 
-def _hf_cache(tmp_path, float_model) -> dict[str, str]:
-    """A Hugging Face cache holding the float SavedModel as hf://Dimitre/mobilenet_v3_small; the env to use it."""
-    repo = tmp_path / "hub" / "models--Dimitre--mobilenet_v3_small"
-    shutil.copytree(float_model, repo / "snapshots" / HF_COMMIT)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(HF_COMMIT)
-    return {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-
-
-def test_openvino_job_from_the_hub_never_imports_tensorflow(tmp_path, float_model, labels_file, shared):
+def test_openvino_job_from_the_hub_never_imports_tensorflow(tmp_path, hf_cache, labels_file, shared):
     """The whole job (launch check, Beam, workers) on a Hugging Face SavedModel: no TensorFlow, Keras or matplotlib."""
-    env = _hf_cache(tmp_path, float_model)
     imported, rows = _job_with_importtime(
-        tmp_path, "--input", shared / "images" / "photos", "--labels", labels_file, "--backend", "openvino", env=env
+        tmp_path,
+        "--input",
+        shared / "images" / "photos",
+        "--labels",
+        labels_file,
+        "--backend",
+        "openvino",
+        env=hf_cache,
     )
     assert "openvino" in imported and not imported & set(HEAVY), sorted(imported & set(HEAVY))
     assert len(rows) == 5 and {r["status"] for r in rows} == {"ok"}
-    assert {r["model"] for r in rows} == {f"hf://Dimitre/mobilenet_v3_small@{HF_COMMIT}"}
+    assert {r["model"] for r in rows} == {f"hf://{HF_REPO}@{HF_PINNED}"}
     assert {r["label"] for r in rows if r["uri"].endswith("hot_dog.jpg")} == {"hotdog"}
 
 

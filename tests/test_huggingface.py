@@ -2,24 +2,50 @@
 
 from __future__ import annotations
 
-import shutil
+import json
+import os
+import re
+import subprocess
+import sys
 
-from conftest import read_output, run_cli
+from conftest import HF_MAIN, HF_PINNED, HF_REPO, REPO, read_output, run_cli
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
+from beam_pipeline.options import DEFAULT_MODEL
 
 
-def test_hf_model_from_offline_cache(tmp_path, float_model, labels_file, shared):
-    repo = tmp_path / "hub" / "models--Dimitre--mobilenet_v3_small"
-    shutil.copytree(float_model, repo / "snapshots" / COMMIT)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
+def test_the_default_model_is_pinned_to_a_commit():
+    assert re.fullmatch(r"hf://[\w.-]+/[\w.-]+@[0-9a-f]{40}", DEFAULT_MODEL), DEFAULT_MODEL
+
+
+def test_default_model_runs_the_pinned_commit_not_main(tmp_path, hf_cache, labels_file, shared):
     prefix = tmp_path / "out" / "labels"
-    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    # No --model: the default, hf://Dimitre/mobilenet_v3_small.
-    result = run_cli("--input", shared / "images" / "photos", "--output", prefix, "--labels", labels_file, env=env)
+    # No --model: the default. The cache's `main` holds an unloadable model, so following `main` would fail the run.
+    result = run_cli("--input", shared / "images" / "photos", "--output", prefix, "--labels", labels_file, env=hf_cache)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_output(prefix).to_pylist()
     assert len(rows) == 5 and {r["status"] for r in rows} == {"ok"}
-    assert {r["model"] for r in rows} == {f"hf://Dimitre/mobilenet_v3_small@{COMMIT}"}
+    assert {r["model"] for r in rows} == {f"hf://{HF_REPO}@{HF_PINNED}"}
     assert {r["label"] for r in rows if r["uri"].endswith("hot_dog.jpg")} == {"hotdog"}
+    success = json.loads((prefix.parent / "_SUCCESS").read_text())
+    assert success["model_revision"] == HF_PINNED
+
+
+def test_a_spec_without_revision_follows_main_and_is_pinned_for_the_run(hf_cache):
+    """What a user gets by naming the repo without `@`: `main` as it is at launch, recorded as a commit hash."""
+    code = (
+        "import json, sys; from beam_pipeline import models; "
+        "print(json.dumps([models.resolve(s).model_id for s in sys.argv[1:]]))"
+    )
+    specs = [f"hf://{HF_REPO}", f"hf://{HF_REPO}@main", DEFAULT_MODEL]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *specs],
+        cwd=REPO,
+        env={**os.environ, **hf_cache},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    main, at_main, default = json.loads(result.stdout)
+    assert main == at_main == f"hf://{HF_REPO}@{HF_MAIN}"
+    assert default == f"hf://{HF_REPO}@{HF_PINNED}"
