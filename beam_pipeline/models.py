@@ -126,8 +126,17 @@ def resolve(spec: str, backend: str | None = None) -> ModelRef:
     """
     kind = kind_of(spec)
     chosen = choose_backend(backend, kind)
-    revision = Path(_hf_snapshot(spec)).name if kind == "huggingface" else None
+    revision = _hf_revision(spec) if kind == "huggingface" else None
     return ModelRef(spec, kind, revision=revision, backend=chosen)
+
+
+def _hf_revision(spec: str) -> str:
+    """The commit hash a Hugging Face spec names now (fetching the snapshot once); raises ModelError."""
+    try:
+        return Path(_hf_snapshot(spec)).name
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub's errors (offline, not found, HTTP) read the same way
+        message = " ".join(str(exc).split())  # the Hub's messages span lines; a launch error is one
+        raise ModelError(f"cannot fetch {spec!r} from the Hugging Face Hub: {type(exc).__name__}: {message}") from exc
 
 
 _loaded: dict[tuple[ModelRef, int | None], Classifier] = {}

@@ -49,3 +49,14 @@ def test_a_spec_without_revision_follows_main_and_is_pinned_for_the_run(hf_cache
     main, at_main, default = json.loads(result.stdout)
     assert main == at_main == f"hf://{HF_REPO}@{HF_MAIN}"
     assert default == f"hf://{HF_REPO}@{HF_PINNED}"
+
+
+def test_a_model_the_hub_cannot_give_is_a_launch_error(tmp_path, shared, labels_file):
+    """Offline with an empty cache: exit 2 and one line naming --model, not a failed run."""
+    env = {"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}
+    prefix = tmp_path / "out" / "labels"
+    result = run_cli("--input", shared / "images" / "photos", "--output", prefix, "--labels", labels_file, env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"beam-image-labeller: error: argument --model: cannot fetch '{DEFAULT_MODEL}'"), line
+    assert not prefix.parent.exists()
