@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,9 +178,7 @@ def test_savedmodel_on_another_filesystem_runs_on_openvino(tmp_path, float_model
     import fsspec
 
     fs = fsspec.filesystem("memory")
-    for path in Path(float_model).rglob("*"):
-        if path.is_file():
-            fs.pipe(f"/ovmodels/mnv3/{path.relative_to(float_model)}", path.read_bytes())
+    fs.put(f"{float_model}/", "/ovmodels/mnv3/", recursive=True)
     prefix = tmp_path / "out" / "labels"
     try:
         code = label(

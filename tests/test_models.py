@@ -42,9 +42,7 @@ def test_tfhub_handle_from_a_prepopulated_cache(tmp_path, float_model, labels_fi
 def test_savedmodel_on_another_filesystem_is_copied_and_loaded(tmp_path, float_model, labels_file, shared):
     """A SavedModel on any fsspec filesystem (here memory://, as gs:// would be) is fetched to local disk first."""
     fs = fsspec.filesystem("memory")
-    for path in Path(float_model).rglob("*"):
-        if path.is_file():
-            fs.pipe(f"/models/mnv3/{path.relative_to(float_model)}", path.read_bytes())
+    fs.put(f"{float_model}/", "/models/mnv3/", recursive=True)
     prefix = tmp_path / "out" / "labels"
     try:
         assert (
