@@ -66,7 +66,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "beam-image-labeller=beam_pipeline.cli:main",
+            "beam-image-labeller=beam_pipeline.launch.cli:main",
             "beam-image-labeller-report=beam_pipeline.report.cli:main",
         ]
     },

@@ -2,20 +2,61 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from beam_pipeline import errors, outputs
-from beam_pipeline.decode import FAILED_TAG, DecodeImage
-from beam_pipeline.finalize import FinalizeRun, RowStats, RunInfo
-from beam_pipeline.handler import ImageClassifierHandler
-from beam_pipeline.incremental import SkipLabelled
-from beam_pipeline.inputs import ExpandInputs
-from beam_pipeline.job import JobConfig
-from beam_pipeline.records import METRICS_NAMESPACE, error_row, labelled_row
-from beam_pipeline.schema import output_schema
-from beam_pipeline.sink import WriteParquetFiles
+from beam_pipeline import errors
+from beam_pipeline.decode.dofn import FAILED_TAG, DecodeImage
+from beam_pipeline.decode.preprocess import ResizeMode
+from beam_pipeline.inputs.expand import ExpandInputs
+from beam_pipeline.inputs.incremental import SkipLabelled
+from beam_pipeline.inputs.specs import InputSpec
+from beam_pipeline.layout import staging_prefix
+from beam_pipeline.model.handler import ImageClassifierHandler
+from beam_pipeline.model.ref import ModelRef
+from beam_pipeline.output.finalize import FinalizeRun, RowStats, RunInfo
+from beam_pipeline.output.iceberg import IcebergTarget
+from beam_pipeline.output.sink import WriteParquetFiles
+from beam_pipeline.records import METRICS_NAMESPACE, error_row, labelled_row, output_schema
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    """Everything the pipeline needs, checked and resolved in the launcher."""
+
+    inputs: list[InputSpec]
+    expected_rows: int | None  # known at launch for Parquet manifests and local folders (for progress lines)
+    uri_column: str
+    carried: pa.Schema
+    output: str
+    overwrite: bool
+    run_id: str
+    started_at: datetime.datetime
+    model: ModelRef
+    backend: str  # the runtime every worker loads the model with (also in model.backend, which the handler reads)
+    labels: list[str]
+    input_size: tuple[int, int]
+    top_k: int
+    resize: ResizeMode
+    min_batch_size: int
+    max_batch_size: int
+    max_bytes: int
+    max_image_pixels: int
+    allowed_schemes: tuple[str, ...]
+    allow_private_hosts: bool
+    read_retries: int
+    read_timeout: float
+    max_error_fraction: float
+    earlier_shards: tuple[str, ...]  # --skip-labelled: earlier output shards whose finished URIs are left out
+    relabel_errors: bool
+    large_model: bool
+    threads_per_process: int | None  # model and decode threads of one worker process; None: every core
+    iceberg: IcebergTarget | None
 
 
 def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) -> beam.PCollection:
@@ -35,7 +76,7 @@ def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) 
     branches = rows | "LabelRows" >> LabelRows(job, decode_in_flight=None if spread_rows else 2 * job.max_batch_size)
     # Each branch of rows is written and counted on its own: FnApiRunner materialises every multi-input Flatten,
     # which would hold the whole output in memory (measured: +2 KB per row). Only file names and counts are merged.
-    staging = outputs.staging_prefix(job.output, job.run_id)
+    staging = staging_prefix(job.output, job.run_id)
     files, stats = [], []
     for name, branch in branches.items():
         files.append(branch | f"Write{name}" >> WriteParquetFiles(staging, output_schema(job.carried)))

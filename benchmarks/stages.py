@@ -45,14 +45,14 @@ class JobDefaults:
 
 def job_runner_args() -> list[str]:
     """The Beam arguments the job adds to a command line without --runner (its local runner settings)."""
-    from beam_pipeline.cli import local_defaults
+    from beam_pipeline.launch.cli import local_defaults
 
     return local_defaults([])
 
 
 def job_defaults() -> JobDefaults:
     """Parses an empty job command line to read the job's defaults."""
-    from beam_pipeline.cli import build_parser
+    from beam_pipeline.launch.cli import build_parser
 
     flags, _ = build_parser().parse_known_args([])
     return JobDefaults(flags.resize, flags.max_image_pixels, flags.max_batch_size, flags.min_batch_size)
@@ -62,10 +62,10 @@ class ModelBench:
     """(a) The model alone: the job's classifier on pre-decoded uint8 batches of the job's max batch size."""
 
     def __init__(self, model: str, backend: str, files: Sequence[Path], defaults: JobDefaults):
-        from beam_pipeline import models
-        from beam_pipeline.preprocess import decode_image
+        from beam_pipeline.decode.preprocess import decode_image
+        from beam_pipeline.model import load, resolve
 
-        self.classifier = models.load(models.resolve(model, backend))
+        self.classifier = load.load(resolve.resolve(model, backend))
         self.batch_size = defaults.max_batch_size
         width, height = self.classifier.input_size
         images = [
@@ -94,7 +94,7 @@ class ModelBench:
 
 def measure_decode(files: Sequence[Path], size: tuple[int, int], defaults: JobDefaults) -> dict[str, float]:
     """(b) The decode step alone: decode_image over the corpus's bytes on os.cpu_count() threads; returns images/s."""
-    from beam_pipeline.preprocess import decode_image
+    from beam_pipeline.decode.preprocess import decode_image
 
     blobs = [path.read_bytes() for path in files]  # read before the clock starts: this times the decode only
     threads = os.cpu_count() or 1

@@ -12,9 +12,9 @@ The backends are those of `--backends` that are installed (default: all): tensor
 float SavedModel), litert runs `--tflite-model` (the uint8 .tflite). Each repeat measures, in this order, every
 backend's (a) and (c) in turn (the backends' order rotates from one repeat to the next), then (b) and both (d):
 
-(a) model: `beam_pipeline.models.load(...).predict` on pre-decoded uint8 [B,224,224,3] batches, B = the job's default
+(a) model: `beam_pipeline.model.load.load(...).predict` on pre-decoded uint8 [B,224,224,3] batches, B = the job's default
     --max-batch-size, in this process;
-(b) decode: `beam_pipeline.preprocess.decode_image` over the corpus bytes (read from disk before the clock starts),
+(b) decode: `beam_pipeline.decode.preprocess.decode_image` over the corpus bytes (read from disk before the clock starts),
     on a pool of os.cpu_count() threads (Pillow releases the GIL), in this process;
 (c) end to end: `python -m beam_pipeline` with only --input/--output/--model/--labels/--backend, as a subprocess:
     images/s = N / wall time of the whole command (interpreter start, imports and model load included), the images/s
@@ -23,7 +23,7 @@ backend's (a) and (c) in turn (the backends' order rotates from one repeat to th
     of its largest process; and the share of images whose top-1 class equals tensorflow's in that repeat;
 (d) naive: the pipeline as Beam's documentation writes one (benchmarks/naive_baseline.py), as a subprocess,
     images/s = N / wall time of the whole command; twice: on Beam's defaults (DirectRunner), and on the runner
-    settings the job defaults to (beam_pipeline.cli.local_defaults), so that end-to-end / naive is given both with
+    settings the job defaults to (beam_pipeline.launch.cli.local_defaults), so that end-to-end / naive is given both with
     the runner choice mixed in and with the design alone.
 
 The limit is 1 / (1/model + 1/decode): the best the two stages can do sharing the same cores. It prints figures as
@@ -172,7 +172,7 @@ def _cpu_name() -> str | None:
 
 def installed_backends(wanted: Sequence[str], model: str, tflite_model: str) -> dict[str, str]:
     """{backend: the model it runs} for the wanted backends that are installed (a missing one is reported)."""
-    from beam_pipeline import models
+    from beam_pipeline.model import resolve
 
     chosen = {}
     for variant in BACKEND_ORDER:
@@ -181,8 +181,8 @@ def installed_backends(wanted: Sequence[str], model: str, tflite_model: str) -> 
         backend = VARIANTS[variant][0]
         spec = tflite_model if backend == "litert" else model
         try:
-            models.choose_backend(backend, models.kind_of(spec))
-        except models.BackendError as exc:
+            resolve.choose_backend(backend, resolve.kind_of(spec))
+        except resolve.BackendError as exc:
             print(f"skipping --backend {backend}: {exc}")
             continue
         chosen[variant] = spec

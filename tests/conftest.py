@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipeline.options import DEFAULT_MODEL
+from beam_pipeline.launch.options import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_ENV = "LABELLER_SHARED_DIR"
@@ -104,7 +104,7 @@ def tiny_model(tmp_path_factory) -> str:
 
 def run_job(*args: str) -> int:
     """Runs the job in this process, as `python -m beam_pipeline ARGS` would; returns its exit code."""
-    from beam_pipeline.cli import main
+    from beam_pipeline.launch.cli import main
 
     return main([str(a) for a in args])
 

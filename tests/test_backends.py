@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import HF_PINNED, HF_REPO, REPO, label, read_output, run_cli, shared_dir
 
-from beam_pipeline import models
-from beam_pipeline.preprocess import decode_image
+from beam_pipeline.decode.preprocess import decode_image
+from beam_pipeline.model import load, resolve
 
 HEAVY = ("tensorflow", "keras", "tf_keras", "matplotlib")
 TFHUB_HANDLE = "https://tfhub.dev/google/imagenet/mobilenet_v3_small_100_224/classification/5"
@@ -92,8 +92,8 @@ def test_tensorflow_backend_skips_keras(float_model):
     """Loading and calling a SavedModel on the tensorflow backend imports TensorFlow but not Keras or matplotlib."""
     code = (
         "import sys, numpy as np\n"
-        "from beam_pipeline import models\n"
-        "c = models.load(models.resolve(sys.argv[1], 'tensorflow'))\n"
+        "from beam_pipeline.model import load, resolve\n"
+        "c = load.load(resolve.resolve(sys.argv[1], 'tensorflow'))\n"
         "assert c.predict(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 1001)\n"
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n"
     )
@@ -110,8 +110,8 @@ def test_tensorflow_backend_skips_keras(float_model):
 
 def test_openvino_scores_match_tensorflow(float_model, shared):
     images = _photos(shared)
-    tf_scores = models.load(models.resolve(float_model, "tensorflow")).predict(images)
-    ov_scores = models.load(models.resolve(float_model, "openvino")).predict(images)
+    tf_scores = load.load(resolve.resolve(float_model, "tensorflow")).predict(images)
+    ov_scores = load.load(resolve.resolve(float_model, "openvino")).predict(images)
     assert ov_scores.shape == tf_scores.shape == (len(images), 1001) and ov_scores.dtype == np.float32
     np.testing.assert_allclose(ov_scores.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(ov_scores, tf_scores, atol=2e-3)
@@ -121,16 +121,16 @@ def test_openvino_scores_match_tensorflow(float_model, shared):
 def test_litert_scores_equal_tensorflow_tflite_interpreter(tflite_model, shared):
     """LiteRT runs the same kernels as TensorFlow's TFLite interpreter: identical dequantised softmax scores."""
     images = _photos(shared, resize="squash")
-    litert = models.load(models.resolve(tflite_model))
+    litert = load.load(resolve.resolve(tflite_model))
     assert type(litert).__name__ == "LiteRTClassifier"
     np.testing.assert_array_equal(
-        litert.predict(images), models.load(models.resolve(tflite_model, "tensorflow")).predict(images)
+        litert.predict(images), load.load(resolve.resolve(tflite_model, "tensorflow")).predict(images)
     )
 
 
 def test_openvino_pads_the_last_request(float_model, shared):
     """Compiled for 4 images a request, 5 and 1 images give the same scores as the 1-image requests."""
-    from beam_pipeline.backends.openvino import OpenVINOClassifier
+    from beam_pipeline.model.backends.openvino import OpenVINOClassifier
 
     images = _photos(shared)[:5]
     by_four, by_one = OpenVINOClassifier(float_model, batch=4), OpenVINOClassifier(float_model, batch=1)
@@ -142,7 +142,7 @@ def test_openvino_pads_the_last_request(float_model, shared):
 @pytest.mark.parametrize("backend", ["openvino", "litert"])
 def test_one_classifier_shared_by_many_threads(backend, float_model, tflite_model, shared):
     """Beam calls run_inference from several threads on one model: concurrent batches get their own scores."""
-    classifier = models.load(models.resolve(float_model if backend == "openvino" else tflite_model, backend))
+    classifier = load.load(resolve.resolve(float_model if backend == "openvino" else tflite_model, backend))
     images = _photos(shared)
     batches = [images[i : i + 5] for i in range(0, len(images), 5)] * 3
     expected = [classifier.predict(batch) for batch in batches]
@@ -229,11 +229,11 @@ def test_a_missing_extra_is_one_line_naming_backend(
 
 def test_a_worker_without_the_runtime_says_which_extra_it_needs(monkeypatch, float_model):
     """The ModelRef pickled to a worker names its backend; a worker lacking that runtime says so when it loads."""
-    ref = models.resolve(float_model, "openvino")
+    ref = resolve.resolve(float_model, "openvino")
     monkeypatch.setitem(sys.modules, "openvino", None)
     expected = r"--backend openvino is not installed: pip install 'beam-image-labeller\[openvino\]'"
-    with pytest.raises(models.ModelError, match=expected):
-        models.load(ref, num_threads=1)
+    with pytest.raises(resolve.ModelError, match=expected):
+        load.load(ref, num_threads=1)
 
 
 def test_a_tflite_file_without_litert_suggests_the_tensorflow_backend(

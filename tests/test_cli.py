@@ -110,7 +110,7 @@ def test_a_flag_nobody_defines_stops_the_launch(tmp_path, capsys, extra, message
 
 
 def test_beams_and_dataflows_own_options_pass_the_flag_check():
-    from beam_pipeline.cli import build_parser, unknown_flag
+    from beam_pipeline.launch.cli import build_parser, unknown_flag
 
     parser = build_parser()
     argv = ["--input", "x", "--runner", "DataflowRunner", "--project=p", "--region", "europe-west1"]

@@ -25,7 +25,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from beam_pipeline import cli, job, pipeline
+from beam_pipeline import pipeline
+from beam_pipeline.launch import cli, job
 
 BRANCHES = ("Labelled", "Failed", "InferenceFailed")  # each branch of rows is written and counted on its own
 EXPECTED_STEPS = {"ExpandInputs", "CountRowsIn", "LabelRows", "AllFiles", "AllCounts", "Finalize"}
@@ -407,8 +408,8 @@ def test_job_finishes_on_external_workers_after_its_launcher_is_killed(
 
 
 def test_threads_per_process_follow_the_runner_layout():
-    from beam_pipeline.models import default_num_threads
-    from beam_pipeline.runner import threads_per_process
+    from beam_pipeline.launch.runner import threads_per_process
+    from beam_pipeline.worker import default_num_threads
 
     assert threads_per_process(["--runner=FnApiRunner", "--direct_running_mode=in_memory"]) is None
     two = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_pipeline.preprocess import PixelBudget, decode_image, reduce_in_bands
+from beam_pipeline.decode.preprocess import PixelBudget, decode_image, reduce_in_bands
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "RGB", "LA", "L"])

@@ -15,8 +15,9 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that
 
-from beam_pipeline import inputs
-from beam_pipeline.manifests import MANIFEST_ERROR_KEY
+from beam_pipeline.inputs import checks, expand
+from beam_pipeline.inputs.specs import InputSpec
+from beam_pipeline.records import MANIFEST_ERROR_KEY
 
 
 def _expand(specs, carried, spread: bool, tmp_path) -> list[dict]:
@@ -28,7 +29,7 @@ def _expand(specs, carried, spread: bool, tmp_path) -> list[dict]:
 
     options = PipelineOptions(["--runner=FnApiRunner", "--direct_running_mode=in_memory"])
     with beam.Pipeline(options=options) as p:
-        assert_that(p | inputs.ExpandInputs(specs, "uri", carried, spread=spread), keep)
+        assert_that(p | expand.ExpandInputs(specs, "uri", carried, spread=spread), keep)
     return [json.loads(line) for line in found.read_text().splitlines()]
 
 
@@ -46,10 +47,10 @@ def test_splittable_readers_give_the_streamed_rows(tmp_path):
     lines = [json.dumps({"uri": f"/j/{i}.jpg", "id": i}) for i in range(30)] + ['{"uri": "/j/x.jpg", "id": "abc"}']
     (tmp_path / "c.jsonl").write_text("\n".join(lines + ["not json"]) + "\n")
     (tmp_path / "d.csv").write_text("id,uri\n7,/c/7.jpg\n")
-    specs = [inputs.check_exists(inputs.InputSpec.parse(str(tmp_path / n))) for n in ("a.parquet", "b.txt")]
-    specs += [inputs.check_exists(inputs.InputSpec.parse(str(tmp_path / n))) for n in ("c.jsonl", "d.csv")]
-    assert [inputs.splittable(s) for s in specs] == [True, True, True, False]
-    carried = inputs.carried_schema(specs, "uri")
+    specs = [checks.check_exists(InputSpec.parse(str(tmp_path / n))) for n in ("a.parquet", "b.txt")]
+    specs += [checks.check_exists(InputSpec.parse(str(tmp_path / n))) for n in ("c.jsonl", "d.csv")]
+    assert [expand.splittable(s) for s in specs] == [True, True, True, False]
+    carried = checks.carried_schema(specs, "uri")
 
     streamed = _expand(specs, carried, spread=False, tmp_path=tmp_path)
     split = _expand(specs, carried, spread=True, tmp_path=tmp_path)
@@ -63,12 +64,13 @@ EXPAND_AND_COUNT = """
 import sys
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from beam_pipeline import inputs
-spec = inputs.check_exists(inputs.InputSpec.parse(sys.argv[1]))
-carried = inputs.carried_schema([spec], "uri")
+from beam_pipeline.inputs import checks, expand
+from beam_pipeline.inputs.specs import InputSpec
+spec = checks.check_exists(InputSpec.parse(sys.argv[1]))
+carried = checks.carried_schema([spec], "uri")
 options = PipelineOptions(["--runner=FnApiRunner", "--direct_running_mode=in_memory"])
 with beam.Pipeline(options=options) as p:
-    counted = p | inputs.ExpandInputs([spec], "uri", carried, spread=False) | beam.combiners.Count.Globally()
+    counted = p | expand.ExpandInputs([spec], "uri", carried, spread=False) | beam.combiners.Count.Globally()
     counted | beam.Map(lambda n: print("rows", n))
 # VmHWM, not ru_maxrss: Linux carries the forking parent's RSS into a child's ru_maxrss across exec.
 hwm = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))

@@ -10,7 +10,7 @@ import sys
 
 from conftest import HF_MAIN, HF_PINNED, HF_REPO, REPO, read_output, run_cli
 
-from beam_pipeline.options import DEFAULT_MODEL
+from beam_pipeline.launch.options import DEFAULT_MODEL
 
 
 def test_the_default_model_is_pinned_to_a_commit():
@@ -33,8 +33,8 @@ def test_default_model_runs_the_pinned_commit_not_main(tmp_path, hf_cache, label
 def test_a_spec_without_revision_follows_main_and_is_pinned_for_the_run(hf_cache):
     """What a user gets by naming the repo without `@`: `main` as it is at launch, recorded as a commit hash."""
     code = (
-        "import json, sys; from beam_pipeline import models; "
-        "print(json.dumps([models.resolve(s).model_id for s in sys.argv[1:]]))"
+        "import json, sys; from beam_pipeline.model import resolve; "
+        "print(json.dumps([resolve.resolve(s).model_id for s in sys.argv[1:]]))"
     )
     specs = [f"hf://{HF_REPO}", f"hf://{HF_REPO}@main", DEFAULT_MODEL]
     result = subprocess.run(

@@ -9,7 +9,9 @@ import pytest
 from conftest import label, read_output
 from images import write_good_images
 
-from beam_pipeline import inputs, outputs
+from beam_pipeline.inputs import checks, expand
+from beam_pipeline.inputs.specs import InputSpec
+from beam_pipeline.output import publish
 
 
 def test_a_folder_with_glob_characters_in_its_name_is_taken_literally(tmp_path, shared, tiny_model, labels_file):
@@ -40,16 +42,16 @@ def test_txt_manifest_bom_comments_and_relative_paths(tmp_path):
     (tmp_path / "lists").mkdir()
     manifest = tmp_path / "lists" / "m.txt"
     manifest.write_bytes("\ufeffimages/a.jpg\n# a comment\n  \n/abs/b.jpg\ngs://bucket/c.jpg\n".encode())
-    spec = inputs.check_exists(inputs.InputSpec.parse(str(manifest)))
-    rows = list(inputs.expand_input(spec, uri_column="uri", carried=pa.schema([])))
+    spec = checks.check_exists(InputSpec.parse(str(manifest)))
+    rows = list(expand.expand_input(spec, uri_column="uri", carried=pa.schema([])))
     assert [r["uri"] for r in rows] == [str(tmp_path / "lists" / "images" / "a.jpg"), "/abs/b.jpg", "gs://bucket/c.jpg"]
 
 
 def test_shards_of_another_prefix_are_not_this_prefix(tmp_path):
     for name in ["labels-00000-of-00001.parquet", "labels-v2-00000-of-00001.parquet", "labels-x-of-y.parquet"]:
         (tmp_path / name).write_bytes(b"")
-    assert outputs.final_shards(str(tmp_path / "labels")) == [str(tmp_path / "labels-00000-of-00001.parquet")]
-    assert outputs.final_shards(str(tmp_path / "labels-v2")) == [str(tmp_path / "labels-v2-00000-of-00001.parquet")]
+    assert publish.final_shards(str(tmp_path / "labels")) == [str(tmp_path / "labels-00000-of-00001.parquet")]
+    assert publish.final_shards(str(tmp_path / "labels-v2")) == [str(tmp_path / "labels-v2-00000-of-00001.parquet")]
 
 
 def test_one_prefix_per_folder_and_overwrite_replaces_only_its_own(tmp_path, shared, tiny_model, labels_file, capsys):

@@ -8,14 +8,15 @@ import pyarrow as pa
 import pytest
 from conftest import label, read_output
 
-from beam_pipeline import inputs
-from beam_pipeline.manifests import MANIFEST_ERROR_KEY
+from beam_pipeline.inputs import checks, expand
+from beam_pipeline.inputs.specs import InputError, InputSpec
+from beam_pipeline.records import MANIFEST_ERROR_KEY
 
 
 def _rows(path):
-    spec = inputs.check_exists(inputs.InputSpec.parse(str(path)))
-    carried = inputs.carried_schema([spec], "uri")
-    return carried, list(inputs.expand_input(spec, uri_column="uri", carried=carried))
+    spec = checks.check_exists(InputSpec.parse(str(path)))
+    carried = checks.carried_schema([spec], "uri")
+    return carried, list(expand.expand_input(spec, uri_column="uri", carried=carried))
 
 
 def test_jsonl_column_first_seen_after_line_1000_is_kept(tmp_path):
@@ -67,7 +68,7 @@ def test_csv_type_drift_in_a_later_block_becomes_one_bad_manifest_row(tmp_path):
 def test_csv_header_problems_name_what_was_found(tmp_path, text, message):
     manifest = tmp_path / "m.csv"
     manifest.write_text(text)
-    with pytest.raises(inputs.InputError) as raised:
+    with pytest.raises(InputError) as raised:
         _rows(manifest)
     assert message in str(raised.value) and str(manifest) in str(raised.value)
 
@@ -75,9 +76,9 @@ def test_csv_header_problems_name_what_was_found(tmp_path, text, message):
 def test_manifests_that_disagree_name_the_column_and_both_files(tmp_path):
     (tmp_path / "a.csv").write_text("id,uri\n1,/a.jpg\n")
     (tmp_path / "b.jsonl").write_text('{"uri": "/b.jpg", "id": "x1"}\n')
-    specs = [inputs.check_exists(inputs.InputSpec.parse(str(tmp_path / n))) for n in ("a.csv", "b.jsonl")]
-    with pytest.raises(inputs.InputError) as raised:
-        inputs.carried_schema(specs, "uri")
+    specs = [checks.check_exists(InputSpec.parse(str(tmp_path / n))) for n in ("a.csv", "b.jsonl")]
+    with pytest.raises(InputError) as raised:
+        checks.carried_schema(specs, "uri")
     assert str(raised.value) == (
         f"column 'id' is int64 in manifest {tmp_path / 'a.csv'} but string in manifest {tmp_path / 'b.jsonl'}"
     )

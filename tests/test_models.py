@@ -10,7 +10,7 @@ import fsspec
 import pytest
 from conftest import read_output, run_cli, run_job, serve_folder, shared_dir
 
-from beam_pipeline import labels as labels_module
+from beam_pipeline.model import labels as labels_module
 
 TFHUB_HANDLE = "https://tfhub.dev/google/imagenet/mobilenet_v3_small_100_224/classification/5"
 
@@ -99,10 +99,10 @@ def test_tflite_batches_match_single_images(tflite_model, shared, backend):
     """The 8-bit model's batch is fixed at 1 in the file; the classifier loops, with the same scores per image."""
     import numpy as np
 
-    from beam_pipeline import models
-    from beam_pipeline.preprocess import decode_image
+    from beam_pipeline.decode.preprocess import decode_image
+    from beam_pipeline.model import load, resolve
 
-    classifier = models.load(models.resolve(tflite_model, backend))
+    classifier = load.load(resolve.resolve(tflite_model, backend))
     photos = sorted((shared / "images" / "photos").glob("*.bmp"))
     images = np.stack(
         [decode_image(p.read_bytes(), size=(224, 224), resize="center-crop", max_pixels=10**8)[0] for p in photos]

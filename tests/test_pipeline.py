@@ -12,7 +12,7 @@ import pytest
 from conftest import label, read_output, run_job
 from images import write_broken_images, write_good_images
 
-from beam_pipeline.schema import output_schema
+from beam_pipeline.records import output_schema
 
 
 @pytest.fixture(scope="module")

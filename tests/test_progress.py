@@ -7,7 +7,7 @@ import re
 
 from conftest import label
 
-from beam_pipeline import progress
+from beam_pipeline.launch import progress
 
 
 def test_format_with_and_without_a_known_total():

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 from conftest import label, read_output, run_job
 
-from beam_pipeline import errors, reading
+from beam_pipeline import errors
+from beam_pipeline.decode import reading
 
 HANG_LIMIT = 60.0  # the longest any handler waits, so a client that never gives up cannot hang the test
 STREAM_TOTAL = 1 << 30  # what /stream would send if the client read it all

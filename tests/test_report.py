@@ -34,10 +34,10 @@ from conftest import serve_folder
 from PIL import Image
 
 from beam_pipeline import report
+from beam_pipeline.records import RESERVED_NAMES, TOP_K_TYPE, output_schema
 from beam_pipeline.report import queries, text
 from beam_pipeline.report.data import DEFAULT_MAX_FAILED, DEFAULT_MAX_THUMBNAILS
 from beam_pipeline.report.thumbnails import LOCAL_FILE_REFUSED, make_thumbnail
-from beam_pipeline.schema import RESERVED_NAMES, TOP_K_TYPE, output_schema
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LABELLER_SHARED_DIR", REPO.parent / "shared"))

@@ -14,7 +14,7 @@ from conftest import label, read_output
 from images import write_good_images
 
 from beam_pipeline import pipeline
-from beam_pipeline.cli import local_defaults
+from beam_pipeline.launch.cli import local_defaults
 
 ROWS = 200_000
 
@@ -80,13 +80,13 @@ def test_a_lost_row_fails_the_run_loudly(tmp_path, shared, tiny_model, labels_fi
 
 @pytest.mark.parametrize("rows_in, skipped, written, sent", [(10, 2, 8, 8), (0, 0, 0, 0)])
 def test_reconcile_accepts_rows_that_add_up(rows_in, skipped, written, sent):
-    from beam_pipeline.finalize import reconcile
+    from beam_pipeline.output.finalize import reconcile
 
     assert reconcile(rows_in=rows_in, rows_skipped=skipped, rows_sent=sent, written=written) == []
 
 
 def test_reconcile_names_what_does_not_add_up():
-    from beam_pipeline.finalize import reconcile
+    from beam_pipeline.output.finalize import reconcile
 
     assert reconcile(rows_in=10, rows_skipped=0, rows_sent=10, written=11) == [
         "1 rows too many: 10 rows in, 0 skipped, 11 written",

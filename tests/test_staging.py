@@ -7,7 +7,8 @@ import json
 import pytest
 from conftest import label, read_output, shared_dir
 
-from beam_pipeline import cli, job, models, staging
+from beam_pipeline.launch import cli, job
+from beam_pipeline.model import load, resolve, staging
 
 PHOTOS = shared_dir() / "images" / "photos"
 
@@ -31,18 +32,18 @@ def test_the_launcher_stages_once_and_workers_load_the_verified_copy(tmp_path, r
     assert ref.checksum == staging.content_checksum(model if model.endswith(".tflite") else model)
     again = _prepare(tmp_path, model, labels_file).model
     assert again.staged == ref.staged, "a complete copy of the same content is reused"
-    assert models.load(ref).num_classes == 1001
+    assert load.load(ref).num_classes == 1001
 
 
 def test_a_tampered_staged_copy_fails_to_load(tmp_path, tiny_model, labels_file):
     ref = _prepare(tmp_path, tiny_model, labels_file).model
     (next((tmp_path / "temp").rglob("variables.data-*"))).write_bytes(b"not the weights")
-    with pytest.raises(models.ModelError, match="checksum"):
-        models.load(ref)
+    with pytest.raises(resolve.ModelError, match="checksum"):
+        load.load(ref)
 
 
 def test_a_hub_model_without_a_staging_location_is_a_launch_error():
-    ref = models.ModelRef("hf://owner/repo@abc", "huggingface", revision="abc")
+    ref = resolve.ModelRef("hf://owner/repo@abc", "huggingface", revision="abc")
     with pytest.raises(job.LaunchError) as raised:
         job._staged(ref, None)
     assert raised.value.flag == "--model-staging" and "--temp_location" in str(raised.value)

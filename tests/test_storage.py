@@ -11,7 +11,8 @@ import pytest
 from conftest import read_output, run_job, serve_folder
 from fsspec.implementations.memory import MemoryFileSystem
 
-from beam_pipeline import errors, reading
+from beam_pipeline import errors
+from beam_pipeline.decode import reading
 
 SCHEMES = "file,memory,flaky,http"
 
@@ -179,7 +180,7 @@ def test_row_level_transience(exc, error_type, transient):
 
 
 def test_file_is_not_read_on_remote_workers_unless_named():
-    from beam_pipeline.job import default_schemes
+    from beam_pipeline.launch.job import default_schemes
 
     assert "file" in default_schemes(local=True)
     assert "file" not in default_schemes(local=False) and "gs" in default_schemes(local=False)

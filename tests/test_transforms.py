@@ -27,14 +27,20 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from beam_pipeline import errors, pipeline
-from beam_pipeline.decode import FAILED_TAG, DecodeImage
-from beam_pipeline.finalize import RowStats, merge_stats, reconcile
-from beam_pipeline.handler import ImageClassifierHandler
-from beam_pipeline.incremental import SkipLabelled, find_earlier_shards
-from beam_pipeline.job import JobConfig
-from beam_pipeline.manifests import MANIFEST_ERROR_KEY
-from beam_pipeline.models import ModelRef
-from beam_pipeline.schema import ERROR_KIND_PERMANENT, ERROR_KIND_TRANSIENT, STATUS_ERROR, STATUS_OK, output_schema
+from beam_pipeline.decode.dofn import FAILED_TAG, DecodeImage
+from beam_pipeline.inputs.incremental import SkipLabelled, find_earlier_shards
+from beam_pipeline.model.handler import ImageClassifierHandler
+from beam_pipeline.model.resolve import ModelRef
+from beam_pipeline.output.finalize import RowStats, merge_stats, reconcile
+from beam_pipeline.pipeline import JobConfig
+from beam_pipeline.records import (
+    ERROR_KIND_PERMANENT,
+    ERROR_KIND_TRANSIENT,
+    MANIFEST_ERROR_KEY,
+    STATUS_ERROR,
+    STATUS_OK,
+    output_schema,
+)
 
 MODEL = ModelRef("fake://classifier", "savedmodel")
 OTHER_MODEL = "fake://other"

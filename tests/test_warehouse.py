@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from conftest import REPO, read_output, run_job
 from images import write_broken_images, write_good_images
 
-from beam_pipeline.schema import output_schema
+from beam_pipeline.records import output_schema
 
 
 def test_schema_matches_the_committed_schema_file():

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import duckdb
 import fsspec
 
-from beam_pipeline.options import _int_at_least, _scheme_list  # the job's own flag parsers
-from beam_pipeline.reading import DEFAULT_ALLOWED_SCHEMES
+from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES
+from beam_pipeline.launch.options import _int_at_least, _scheme_list  # the job's own flag parsers
 from beam_pipeline.report.data import (
     DEFAULT_MARGIN,
     DEFAULT_MAX_BYTES,

@@ -7,8 +7,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from beam_pipeline.options import add_labeller_arguments
-from beam_pipeline.reading import DEFAULT_ALLOWED_SCHEMES
+from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES
+from beam_pipeline.launch.options import add_labeller_arguments
 
 
 def _job_default(dest: str) -> Any:

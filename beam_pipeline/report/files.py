@@ -8,7 +8,7 @@ from typing import Any
 
 import fsspec
 
-from beam_pipeline.outputs import SHARD_SUFFIX, SUCCESS_FILE, shard_prefix
+from beam_pipeline.layout import SHARD_SUFFIX, SUCCESS_FILE, shard_prefix
 from beam_pipeline.report.data import ReportError
 
 MAX_SUCCESS_BYTES = 1 << 20  # a bigger _SUCCESS file is shown truncated

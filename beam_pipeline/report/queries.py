@@ -12,10 +12,10 @@ import duckdb
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from beam_pipeline.records import LEADING_FIELDS, RESULT_FIELDS, STATUS_OK
 from beam_pipeline.report.data import SCORE_BINS, Failure, Options, Prediction, ReportData, ReportError
 from beam_pipeline.report.files import read_success, resolve_inputs
 from beam_pipeline.report.text import MAX_TEXT
-from beam_pipeline.schema import LEADING_FIELDS, RESULT_FIELDS, STATUS_OK
 
 # Output columns the report does without (it then shows no image sizes, models or time range).
 OPTIONAL_COLUMNS = frozenset({"width", "height", "model", "labelled_at"})

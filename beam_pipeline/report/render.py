@@ -16,7 +16,7 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from beam_pipeline.outputs import SUCCESS_FILE
+from beam_pipeline.layout import SUCCESS_FILE
 from beam_pipeline.report.charts import label_chart, score_chart
 from beam_pipeline.report.data import Options, Prediction, ReportData
 from beam_pipeline.report.text import basename, esc, fmt_score, fmt_time, pct, plural, shorten

@@ -18,7 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, ImageOps
 
 from beam_pipeline import errors
-from beam_pipeline.reading import DEFAULT_ALLOWED_SCHEMES, read_image_bytes, scheme_of
+from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES, read_image_bytes, scheme_of
 from beam_pipeline.report.data import DEFAULT_MAX_BYTES, DEFAULT_THUMB_SIZE, MAX_IMAGE_PIXELS, Options
 
 # Error types of the reader's refusals, shown under the placeholder (other failures just say "unavailable").

@@ -17,10 +17,15 @@ import pyarrow.parquet as pq
 from fsspec.core import split_protocol
 
 from beam_pipeline import errors
-from beam_pipeline.inputs import GLOB_CHARS
-from beam_pipeline.manifests import MANIFEST_ERROR_KEY
-from beam_pipeline.outputs import shard_prefix
-from beam_pipeline.schema import ERROR_KIND_PERMANENT, ERROR_KIND_TRANSIENT, STATUS_ERROR, STATUS_OK
+from beam_pipeline.inputs.specs import has_glob
+from beam_pipeline.layout import shard_prefix
+from beam_pipeline.records import (
+    ERROR_KIND_PERMANENT,
+    ERROR_KIND_TRANSIENT,
+    MANIFEST_ERROR_KEY,
+    STATUS_ERROR,
+    STATUS_OK,
+)
 
 SKIPPED_TAG = "skipped"
 NEEDED_COLUMNS = ("uri", "status", "model", "error_type")
@@ -40,7 +45,7 @@ def find_earlier_shards(location: str) -> list[str]:
     """
     fs, path = fsspec.core.url_to_fs(location)
     protocol, _ = split_protocol(location)
-    if any(c in path for c in GLOB_CHARS) and not fs.exists(path):
+    if has_glob(path) and not fs.exists(path):
         candidates = sorted(fs.glob(path))
     else:
         candidates = sorted(fs.find(path)) if fs.isdir(path) else [path] if fs.exists(path) else []

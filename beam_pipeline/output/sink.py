@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from beam_pipeline.progress import TALLY
-from beam_pipeline.schema import STATUS_OK
+from beam_pipeline.records import STATUS_OK
+from beam_pipeline.worker import TALLY
 
 PARQUET_CODEC = "snappy"
 BATCH_ROWS = 2_000  # rows converted to Arrow at a time

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from beam_pipeline.labels import DEFAULT_LABELS_URL
-from beam_pipeline.models import BACKENDS
-from beam_pipeline.preprocess import RESIZE_MODES
-from beam_pipeline.reading import DEFAULT_ALLOWED_SCHEMES, DEFAULT_READ_RETRIES, DEFAULT_READ_TIMEOUT
+from beam_pipeline.decode.preprocess import RESIZE_MODES
+from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES, DEFAULT_READ_RETRIES, DEFAULT_READ_TIMEOUT
+from beam_pipeline.model.labels import DEFAULT_LABELS_URL
+from beam_pipeline.model.resolve import BACKENDS
 
 # Pinned to a commit, so that a new upload to the repo cannot change every run's labels (README, "Models", says
 # what is in it); `--model hf://Dimitre/mobilenet_v3_small` without `@` follows `main`, resolved once at launch.

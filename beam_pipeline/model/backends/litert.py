@@ -14,16 +14,15 @@ import threading
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from beam_pipeline.backends import tflite
-from beam_pipeline.backends.scores import probe_image, softmax
+from beam_pipeline.model.backends import tflite
+from beam_pipeline.model.backends.scores import probe_image, softmax
+from beam_pipeline.worker import default_num_threads
 
 
 class LiteRTClassifier:
     """A `.tflite` classifier: uint8 [N,H,W,3] in, float32 [N,C] probabilities out, on every core."""
 
     def __init__(self, model_content: bytes, *, num_threads: int | None = None):
-        from beam_pipeline.models import default_num_threads
-
         self._content = model_content
         self._workers = num_threads or default_num_threads()
         self._local = threading.local()

@@ -8,10 +8,11 @@ import os
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
-from beam_pipeline import outputs, pipeline
-from beam_pipeline.job import JobConfig
-from beam_pipeline.models import default_num_threads
-from beam_pipeline.progress import TALLY, ProgressReporter
+from beam_pipeline import pipeline
+from beam_pipeline.launch.progress import ProgressReporter
+from beam_pipeline.output import publish
+from beam_pipeline.pipeline import JobConfig
+from beam_pipeline.worker import TALLY, default_num_threads
 
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner")
 
@@ -32,7 +33,7 @@ def run(job: JobConfig, beam_args: list[str], *, progress: bool = False) -> dict
             stack.enter_context(ProgressReporter())
         with beam.Pipeline(options=options) as p:
             pipeline.build(p, job, spread_rows=rows_need_spreading(options))
-    record = outputs.read_success(job.output)
+    record = publish.read_success(job.output)
     if record is None or record.get("run_id") != job.run_id:
         raise RunError(f"the pipeline finished but wrote no _SUCCESS for run {job.run_id} beside {job.output}")
     return record

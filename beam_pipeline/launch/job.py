@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import uuid
 
-import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline import incremental, inputs, labels, models, outputs
-from beam_pipeline.iceberg import IcebergError, IcebergTarget
-from beam_pipeline.preprocess import ResizeMode
-from beam_pipeline.reading import DEFAULT_ALLOWED_SCHEMES
+from beam_pipeline import layout
+from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES
+from beam_pipeline.inputs import checks, incremental
+from beam_pipeline.inputs.specs import InputError, InputSpec
+from beam_pipeline.model import labels, load, resolve
+from beam_pipeline.model.ref import ModelError, ModelRef
+from beam_pipeline.model.resolve import BackendError
+from beam_pipeline.output import publish
+from beam_pipeline.output.iceberg import IcebergError, IcebergTarget
+from beam_pipeline.pipeline import JobConfig
 
 
 class LaunchError(Exception):
@@ -21,40 +25,6 @@ class LaunchError(Exception):
     def __init__(self, flag: str, message: str):
         super().__init__(message)
         self.flag = flag
-
-
-@dataclasses.dataclass(frozen=True)
-class JobConfig:
-    """Everything the pipeline needs, checked and resolved in the launcher."""
-
-    inputs: list[inputs.InputSpec]
-    expected_rows: int | None  # known at launch for Parquet manifests and local folders (for progress lines)
-    uri_column: str
-    carried: pa.Schema
-    output: str
-    overwrite: bool
-    run_id: str
-    started_at: datetime.datetime
-    model: models.ModelRef
-    backend: str  # the runtime every worker loads the model with (also in model.backend, which the handler reads)
-    labels: list[str]
-    input_size: tuple[int, int]
-    top_k: int
-    resize: ResizeMode
-    min_batch_size: int
-    max_batch_size: int
-    max_bytes: int
-    max_image_pixels: int
-    allowed_schemes: tuple[str, ...]
-    allow_private_hosts: bool
-    read_retries: int
-    read_timeout: float
-    max_error_fraction: float
-    earlier_shards: tuple[str, ...]  # --skip-labelled: earlier output shards whose finished URIs are left out
-    relabel_errors: bool
-    large_model: bool
-    threads_per_process: int | None  # model and decode threads of one worker process; None: every core
-    iceberg: IcebergTarget | None
 
 
 def prepare(
@@ -72,20 +42,20 @@ def prepare(
     if flags.min_batch_size > flags.max_batch_size:
         raise LaunchError("--min-batch-size", f"{flags.min_batch_size} is larger than --max-batch-size")
     try:
-        specs = [inputs.check_exists(inputs.InputSpec.parse(value)) for value in flags.input]
-        carried = inputs.carried_schema(specs, flags.uri_column)
-    except inputs.InputError as exc:
+        specs = [checks.check_exists(InputSpec.parse(value)) for value in flags.input]
+        carried = checks.carried_schema(specs, flags.uri_column)
+    except InputError as exc:
         raise LaunchError("--input", str(exc)) from exc
     try:
         earlier_shards = tuple(incremental.find_earlier_shards(flags.skip_labelled)) if flags.skip_labelled else ()
     except incremental.EarlierOutputError as exc:
         raise LaunchError("--skip-labelled", str(exc)) from exc
     try:
-        model_ref = models.resolve(flags.model, flags.backend)
-        classifier = models.load(model_ref)
-    except models.BackendError as exc:
+        model_ref = resolve.resolve(flags.model, flags.backend)
+        classifier = load.load(model_ref)
+    except BackendError as exc:
         raise LaunchError("--backend", str(exc)) from exc
-    except models.ModelError as exc:
+    except ModelError as exc:
         raise LaunchError("--model", str(exc)) from exc
     try:
         label_names = labels.read_labels(flags.labels)
@@ -107,21 +77,21 @@ def prepare(
         except IcebergError as exc:
             raise LaunchError("--iceberg-table", str(exc)) from exc
     started_at = datetime.datetime.now(datetime.timezone.utc)
-    run_id = outputs.new_run_id(started_at)
-    output = outputs.expand_prefix(flags.output, now=started_at, run_id=run_id)
+    run_id = layout.new_run_id(started_at)
+    output = layout.expand_prefix(flags.output, now=started_at, run_id=run_id)
     _check_writable(output)
-    others = outputs.other_prefixes(output)
+    others = publish.other_prefixes(output)
     if others:
         raise LaunchError(
             "--output",
-            f"{outputs.folder_of(output)} holds the output of prefix {others[0]!r}; give each prefix a folder of "
+            f"{layout.folder_of(output)} holds the output of prefix {others[0]!r}; give each prefix a folder of "
             "its own (_SUCCESS is per folder)",
         )
-    if outputs.final_shards(output) and not flags.overwrite:
+    if publish.final_shards(output) and not flags.overwrite:
         raise LaunchError("--output", f"an earlier run's shards exist at {output}; pass --overwrite to replace them")
     return JobConfig(
         inputs=specs,
-        expected_rows=inputs.count_rows(specs),
+        expected_rows=checks.count_rows(specs),
         uri_column=flags.uri_column,
         carried=carried,
         output=output,
@@ -151,7 +121,7 @@ def prepare(
     )
 
 
-def _staged(model_ref: models.ModelRef, location: str | None) -> models.ModelRef:
+def _staged(model_ref: ModelRef, location: str | None) -> ModelRef:
     """The model staged for remote workers; without a location only a model they can read in place is allowed."""
     if location is None:
         if model_ref.kind in ("huggingface", "tfhub"):
@@ -161,7 +131,7 @@ def _staged(model_ref: models.ModelRef, location: str | None) -> models.ModelRef
             )
         return model_ref
     try:
-        return models.stage_model(model_ref, location)
+        return load.stage_model(model_ref, location)
     except Exception as exc:  # noqa: BLE001 - every cause is reported as one line naming the place
         message = f"cannot stage the model at {location}: {type(exc).__name__}: {exc}"
         raise LaunchError("--model-staging", message) from exc

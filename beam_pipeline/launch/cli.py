@@ -25,7 +25,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from beam_pipeline.options import add_labeller_arguments
+    from beam_pipeline.launch.options import add_labeller_arguments
 
     parser = _OneLineParser(
         prog=PROG,
@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_pipeline import job, outputs, runner
-    from beam_pipeline.summary import format_summary
+    from beam_pipeline.launch import job, runner
+    from beam_pipeline.launch.summary import format_summary
+    from beam_pipeline.output import publish
 
     beam_args = local_defaults(beam_args)
     # The launch checks below use Beam's filesystems before any Pipeline exists; its S3 filesystem cannot work
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     except (Interrupted, Exception) as exc:
         # Beam re-raises whatever a DoFn raised (a signal's Interrupted too) as a RuntimeError naming the step.
         if config is not None and local:
-            outputs.remove_staging(config.output, config.run_id)
+            publish.remove_staging(config.output, config.run_id)
         if Interrupted.received is not None:
             what = "no output was published" if local else "the job may still run on the runner and finish by itself"
             print(f"\n{PROG}: interrupted ({Interrupted.received.name}): {what}", file=sys.stderr)

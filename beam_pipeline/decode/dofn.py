@@ -11,11 +11,10 @@ from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
 from beam_pipeline import errors
-from beam_pipeline.manifests import MANIFEST_ERROR_KEY
-from beam_pipeline.models import default_num_threads
-from beam_pipeline.preprocess import PixelBudget, ResizeMode, decode_image
-from beam_pipeline.reading import read_image_bytes
-from beam_pipeline.records import METRICS_NAMESPACE, error_row
+from beam_pipeline.decode.preprocess import PixelBudget, ResizeMode, decode_image
+from beam_pipeline.decode.reading import read_image_bytes
+from beam_pipeline.records import MANIFEST_ERROR_KEY, METRICS_NAMESPACE, error_row
+from beam_pipeline.worker import default_num_threads
 
 FAILED_TAG = "failed"
 # Pixels a worker process decodes at full size at once, over all its threads. Measured: one 80-megapixel RGBA PNG

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-MANIFEST_ERROR_KEY = "_manifest_error"  # set on rows that could not be parsed; read (and dropped) by the decode step
+from beam_pipeline.records import MANIFEST_ERROR_KEY
+
 MANIFEST_BATCH_ROWS = 8192  # Parquet manifest rows turned into dicts at a time
 TXT_COMMENT = "#"  # .txt manifest lines starting with it are comments
 CSV_NULL_VALUES = [""]  # only an empty CSV field is null ("NA" stays the text NA)

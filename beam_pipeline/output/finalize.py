@@ -19,10 +19,11 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline import outputs
-from beam_pipeline.iceberg import IcebergTarget
-from beam_pipeline.schema import STATUS_ERROR, STATUS_OK
-from beam_pipeline.sink import write_empty_file
+from beam_pipeline.layout import staging_prefix
+from beam_pipeline.output import publish
+from beam_pipeline.output.iceberg import IcebergTarget
+from beam_pipeline.output.sink import write_empty_file
+from beam_pipeline.records import STATUS_ERROR, STATUS_OK
 
 STATUS_FAILED = "failed"
 TOP_LABELS = 10
@@ -118,13 +119,13 @@ def finalize_run(
     """Reconciles the counts, publishes the staged shards if every row is there, writes `_SUCCESS`; returns it."""
     row_stats = merge_stats(row_stats)
     staged = sorted(shards) or [
-        write_empty_file(outputs.staging_prefix(info.output, info.run_id) + "-empty.parquet", info.schema)
+        write_empty_file(staging_prefix(info.output, info.run_id) + "-empty.parquet", info.schema)
     ]
     rows_written = count_rows(staged)
     problems = reconcile(rows_in=rows_in, rows_skipped=rows_skipped, rows_sent=row_stats["rows"], written=rows_written)
-    if not problems and not info.overwrite and outputs.final_shards(info.output):
+    if not problems and not info.overwrite and publish.final_shards(info.output):
         problems.append(f"another run published shards at {info.output} while this one ran (--overwrite replaces)")
-    published = [] if problems else outputs.publish(staged, info.output, run_id=info.run_id, replace=info.overwrite)
+    published = [] if problems else publish.publish(staged, info.output, run_id=info.run_id, replace=info.overwrite)
     snapshot = None
     if published and info.iceberg is not None:
         try:
@@ -160,8 +161,8 @@ def finalize_run(
         "shards": published,
         "iceberg": {"table": info.iceberg.table, "snapshot_id": snapshot} if info.iceberg else None,
     }
-    outputs.write_success(info.output, record)
-    outputs.remove_staging(info.output, info.run_id)
+    publish.write_success(info.output, record)
+    publish.remove_staging(info.output, info.run_id)
     return record
 
 

@@ -13,8 +13,8 @@ from types import ModuleType
 
 import numpy as np
 
-from beam_pipeline.backends import tflite
-from beam_pipeline.backends.scores import outputs_are_probabilities, probe_image, softmax
+from beam_pipeline.model.backends import tflite
+from beam_pipeline.model.backends.scores import outputs_are_probabilities, probe_image, softmax
 
 # `import tensorflow` imports this eagerly "so that optimizers register in the SavedModel registry" (b/196254385),
 # which pulls in all of Keras 3 and, through it, matplotlib.pyplot and scikit-learn shims: about 0.6 s and 100 MB

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from beam_pipeline import models
+from beam_pipeline.model.backends import Classifier
+from beam_pipeline.model.load import load
+from beam_pipeline.model.ref import ModelRef
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +23,7 @@ class ScoredClass:
     score: float
 
 
-class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, models.Classifier]):
+class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Classifier]):
     """Loads the model a ModelRef names and turns uint8 image batches into top-k (class, label, score) lists.
 
     The ModelRef carries the backend chosen at launch, so every worker loads the model on that same runtime.
@@ -31,7 +33,7 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, models.C
 
     def __init__(
         self,
-        model: models.ModelRef,
+        model: ModelRef,
         labels: Sequence[str],
         *,
         top_k: int,
@@ -48,13 +50,13 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, models.C
         self._large_model = large_model
         self._num_threads = num_threads
 
-    def load_model(self) -> models.Classifier:
-        return models.load(self._model, num_threads=self._num_threads)
+    def load_model(self) -> Classifier:
+        return load(self._model, num_threads=self._num_threads)
 
     def run_inference(
         self,
         batch: Sequence[np.ndarray],
-        model: models.Classifier,
+        model: Classifier,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         probabilities = model.predict(np.stack(batch))

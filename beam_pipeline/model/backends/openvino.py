@@ -19,7 +19,7 @@ import openvino.properties as props
 import openvino.properties.hint as hints
 from openvino.preprocess import PrePostProcessor
 
-from beam_pipeline.backends.scores import outputs_are_probabilities, probe_image, softmax
+from beam_pipeline.model.backends.scores import outputs_are_probabilities, probe_image, softmax
 
 # Images per infer request. Measured on 2 cores (THROUGHPUT: 2 streams, 2 requests), batches of 64 and 20 images,
 # median images/s: 1: 505, 2: 465, 4: 544, 8: 509, 16: 426; a request as large as the whole batch leaves one stream

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from beam_pipeline.backends.scores import outputs_are_probabilities
+from beam_pipeline.model.backends.scores import outputs_are_probabilities
 
 
 def model_input(image: np.ndarray, details: dict[str, Any]) -> np.ndarray:
