@@ -59,6 +59,20 @@ class ImageInputError(Exception):
         self.transient = transient
 
 
+class BatchFailed(Exception):
+    """The model raised on a batch: the handler raises this instead, so that RunInference's dead-letter output, which
+    carries (exception type, repr(exception), traceback lines) rather than the exception, carries the description.
+
+    Its repr is the model's error described (`ExceptionType: message`, newlines and all), so no text is parsed back.
+    """
+
+    def __init__(self, cause: BaseException):
+        super().__init__(describe(cause))
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def error_type_of(exc: BaseException, *, while_reading: bool) -> str:
     """Maps an exception raised while reading or decoding one input to its stable error type."""
     if isinstance(exc, ImageInputError):

@@ -12,7 +12,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from beam_pipeline import errors
 from beam_pipeline.decode.dofn import FAILED_TAG, DecodeImage
-from beam_pipeline.decode.preprocess import ResizeMode
+from beam_pipeline.decode.preprocess import DecodeSpec
+from beam_pipeline.decode.reading import ReadPolicy
 from beam_pipeline.inputs.expand import ExpandInputs
 from beam_pipeline.inputs.incremental import SkipLabelled
 from beam_pipeline.inputs.specs import InputSpec
@@ -40,17 +41,11 @@ class JobConfig:
     model: ModelRef
     backend: str  # the runtime every worker loads the model with (also in model.backend, which the handler reads)
     labels: list[str]
-    input_size: tuple[int, int]
     top_k: int
-    resize: ResizeMode
     min_batch_size: int
     max_batch_size: int
-    max_bytes: int
-    max_image_pixels: int
-    allowed_schemes: tuple[str, ...]
-    allow_private_hosts: bool
-    read_retries: int
-    read_timeout: float
+    read_policy: ReadPolicy
+    decode_spec: DecodeSpec  # its size is the model's input size
     max_error_fraction: float
     earlier_shards: tuple[str, ...]  # --skip-labelled: earlier output shards whose finished URIs are left out
     relabel_errors: bool
@@ -114,14 +109,8 @@ class LabelRows(beam.PTransform):
         )
         decoded = rows | "Decode" >> beam.ParDo(
             DecodeImage(
-                size=job.input_size,
-                resize=job.resize,
-                max_bytes=job.max_bytes,
-                max_pixels=job.max_image_pixels,
-                allowed_schemes=job.allowed_schemes,
-                allow_private_hosts=job.allow_private_hosts,
-                read_retries=job.read_retries,
-                read_timeout=job.read_timeout,
+                job.read_policy,
+                job.decode_spec,
                 model_id=job.model.model_id,
                 # At least 2 decode threads, so that one image's read overlaps another's decode.
                 threads=None if job.threads_per_process is None else max(2, job.threads_per_process),
@@ -171,17 +160,13 @@ def _inference_error_rows(failed_batch, *, model_id: str):
         yield {**failed, "error": error}
 
 
-def _dead_letter_error(exc_type: type, exc_repr: str, formatted_traceback: list[str]) -> str:
+def _dead_letter_error(exc_type: type, exc_repr: str, _formatted_traceback: list[str]) -> str:
     """`ExceptionType: message` (errors.describe's form) from what RunInference's dead-letter output carries.
 
-    `failed_inferences` holds (batch, (exception type, repr(exception), traceback.format_exception lines)), not the
-    exception itself, so its message is read back from the traceback's exception line, whose text is str(exception).
+    `failed_inferences` holds (batch, (exception type, repr(exception), traceback lines)), not the exception: the
+    handler raises errors.BatchFailed, whose repr is the model's error described. Anything else (raised by Beam's
+    own code around the handler) is named by its type and repr.
     """
-    name = exc_type.__qualname__
-    if exc_type.__module__ not in ("builtins", "__main__"):
-        name = f"{exc_type.__module__}.{name}"  # how the traceback module names the type
-    for line in reversed(formatted_traceback):
-        if line.startswith(f"{name}: ") or line.rstrip("\n") == name:
-            message = line[len(name) + 2 :].rstrip("\n")
-            return f"{exc_type.__name__}: {message}"
+    if issubclass(exc_type, errors.BatchFailed):
+        return exc_repr
     return f"{exc_type.__name__}: {exc_repr}"

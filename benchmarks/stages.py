@@ -62,21 +62,14 @@ class ModelBench:
     """(a) The model alone: the job's classifier on pre-decoded uint8 batches of the job's max batch size."""
 
     def __init__(self, model: str, backend: str, files: Sequence[Path], defaults: JobDefaults):
-        from beam_pipeline.decode.preprocess import decode_image
+        from beam_pipeline.decode.preprocess import DecodeSpec, decode_image
         from beam_pipeline.model import load, resolve
 
         self.classifier = load.load(resolve.resolve(model, backend))
         self.batch_size = defaults.max_batch_size
         width, height = self.classifier.input_size
-        images = [
-            decode_image(
-                path.read_bytes(),
-                size=(width, height),
-                resize=defaults.resize,  # type: ignore[arg-type]
-                max_pixels=defaults.max_image_pixels,
-            )[0]
-            for path in files[: self.batch_size]
-        ]
+        spec = DecodeSpec((width, height), defaults.resize, defaults.max_image_pixels)  # type: ignore[arg-type]
+        images = [decode_image(path.read_bytes(), spec)[0] for path in files[: self.batch_size]]
         while len(images) < self.batch_size:  # a corpus smaller than one batch
             images.extend(images[: self.batch_size - len(images)])
         self.batch = np.stack(images)
@@ -94,13 +87,14 @@ class ModelBench:
 
 def measure_decode(files: Sequence[Path], size: tuple[int, int], defaults: JobDefaults) -> dict[str, float]:
     """(b) The decode step alone: decode_image over the corpus's bytes on os.cpu_count() threads; returns images/s."""
-    from beam_pipeline.decode.preprocess import decode_image
+    from beam_pipeline.decode.preprocess import DecodeSpec, decode_image
 
+    spec = DecodeSpec(size, defaults.resize, defaults.max_image_pixels)  # type: ignore[arg-type]
     blobs = [path.read_bytes() for path in files]  # read before the clock starts: this times the decode only
     threads = os.cpu_count() or 1
 
     def decode(data: bytes) -> None:
-        decode_image(data, size=size, resize=defaults.resize, max_pixels=defaults.max_image_pixels)  # type: ignore[arg-type]
+        decode_image(data, spec)
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         started = time.perf_counter()

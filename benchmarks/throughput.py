@@ -12,10 +12,10 @@ The backends are those of `--backends` that are installed (default: all): tensor
 float SavedModel), litert runs `--tflite-model` (the uint8 .tflite). Each repeat measures, in this order, every
 backend's (a) and (c) in turn (the backends' order rotates from one repeat to the next), then (b) and both (d):
 
-(a) model: `beam_pipeline.model.load.load(...).predict` on pre-decoded uint8 [B,224,224,3] batches, B = the job's default
-    --max-batch-size, in this process;
-(b) decode: `beam_pipeline.decode.preprocess.decode_image` over the corpus bytes (read from disk before the clock starts),
-    on a pool of os.cpu_count() threads (Pillow releases the GIL), in this process;
+(a) model: `beam_pipeline.model.load.load(...).predict` on pre-decoded uint8 [B,224,224,3] batches, B = the job's
+    default --max-batch-size, in this process;
+(b) decode: `beam_pipeline.decode.preprocess.decode_image` over the corpus bytes (read from disk before the clock
+    starts), on a pool of os.cpu_count() threads (Pillow releases the GIL), in this process;
 (c) end to end: `python -m beam_pipeline` with only --input/--output/--model/--labels/--backend, as a subprocess:
     images/s = N / wall time of the whole command (interpreter start, imports and model load included), the images/s
     the job prints itself (its pipeline run only), and the marginal rate once start-up (a 1-image run) is paid; its
@@ -23,8 +23,8 @@ backend's (a) and (c) in turn (the backends' order rotates from one repeat to th
     of its largest process; and the share of images whose top-1 class equals tensorflow's in that repeat;
 (d) naive: the pipeline as Beam's documentation writes one (benchmarks/naive_baseline.py), as a subprocess,
     images/s = N / wall time of the whole command; twice: on Beam's defaults (DirectRunner), and on the runner
-    settings the job defaults to (beam_pipeline.launch.cli.local_defaults), so that end-to-end / naive is given both with
-    the runner choice mixed in and with the design alone.
+    settings the job defaults to (beam_pipeline.launch.cli.local_defaults), so that end-to-end / naive is given both
+    with the runner choice mixed in and with the design alone.
 
 The limit is 1 / (1/model + 1/decode): the best the two stages can do sharing the same cores. It prints figures as
 median [min-max] over the repeats, and ratios taken within one repeat, then summarised the same way: each backend's

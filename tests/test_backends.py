@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import HF_PINNED, HF_REPO, REPO, label, read_output, run_cli, shared_dir
 
-from beam_pipeline.decode.preprocess import decode_image
+from beam_pipeline.decode.preprocess import DecodeSpec, decode_image
 from beam_pipeline.model import load, resolve
 
 HEAVY = ("tensorflow", "keras", "tf_keras", "matplotlib")
@@ -26,7 +26,7 @@ def _photos(shared, resize: str = "center-crop") -> np.ndarray:
     """The 5 real photos (and the first 27 ImageNet sample photos) as the model's uint8 input."""
     paths = sorted((shared / "images" / "photos").glob("*.[jb][pm][gp]"))
     paths += sorted((shared / "images" / "imagenet-sample-100").glob("*.JPEG"))[:27]
-    return np.stack([decode_image(p.read_bytes(), size=(224, 224), resize=resize, max_pixels=10**8)[0] for p in paths])
+    return np.stack([decode_image(p.read_bytes(), DecodeSpec((224, 224), resize, 10**8))[0] for p in paths])
 
 
 def _imported(importtime_stderr: str) -> set[str]:

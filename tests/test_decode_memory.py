@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_pipeline.decode.preprocess import PixelBudget, decode_image, reduce_in_bands
+from beam_pipeline.decode.preprocess import DecodeSpec, PixelBudget, decode_image, reduce_in_bands
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "RGB", "LA", "L"])
@@ -45,7 +45,7 @@ def test_a_large_rgba_png_is_reduced_before_compositing_and_matches_a_full_decod
     rgba = rng.integers(0, 255, (2400, 3200, 4), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buffer, "PNG", compress_level=1)
-    pixels, size = decode_image(buffer.getvalue(), size=(224, 224), resize="squash", max_pixels=10**8)
+    pixels, size = decode_image(buffer.getvalue(), DecodeSpec((224, 224), "squash", 10**8))
     assert size == (3200, 2400) and pixels.shape == (224, 224, 3)
     # Reference: composite on white at full size, then the same bilinear resize.
     white = Image.new("RGBA", (3200, 2400), (255, 255, 255, 255))

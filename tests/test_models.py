@@ -99,13 +99,13 @@ def test_tflite_batches_match_single_images(tflite_model, shared, backend):
     """The 8-bit model's batch is fixed at 1 in the file; the classifier loops, with the same scores per image."""
     import numpy as np
 
-    from beam_pipeline.decode.preprocess import decode_image
+    from beam_pipeline.decode.preprocess import DecodeSpec, decode_image
     from beam_pipeline.model import load, resolve
 
     classifier = load.load(resolve.resolve(tflite_model, backend))
     photos = sorted((shared / "images" / "photos").glob("*.bmp"))
     images = np.stack(
-        [decode_image(p.read_bytes(), size=(224, 224), resize="center-crop", max_pixels=10**8)[0] for p in photos]
+        [decode_image(p.read_bytes(), DecodeSpec((224, 224), "center-crop", 10**8))[0] for p in photos]
     )
     batch = classifier.predict(images)
     singles = np.concatenate([classifier.predict(image[None]) for image in images])

@@ -168,8 +168,8 @@ def loopback_is_public(monkeypatch):
 
 
 def _read(url: str, **kwargs) -> bytes:
-    options = {"max_bytes": 10_000_000, "allowed_schemes": ("http",), "timeout": 5.0, **kwargs}
-    return reading.read_image_bytes(url, **options)
+    options = {"max_bytes": 10_000_000, "allowed_schemes": ("http",), "timeout": 5.0, "retries": 0, **kwargs}
+    return reading.read_image_bytes(url, reading.ReadPolicy(**{"allow_private_hosts": True, **options}))
 
 
 def _failure(url: str, **kwargs) -> errors.ImageInputError:

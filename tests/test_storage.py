@@ -111,14 +111,15 @@ def test_max_error_fraction_writes_every_row_then_fails(tmp_path, shared, tiny_m
 
 def test_uri_scheme_check_is_unit_level():
     with pytest.raises(Exception) as info:
-        reading.read_image_bytes("ftp://x/y.jpg", max_bytes=10, allowed_schemes=("file",))
+        reading.read_image_bytes("ftp://x/y.jpg", reading.ReadPolicy(max_bytes=10, allowed_schemes=("file",)))
     assert getattr(info.value, "error_type", None) == "UnsupportedScheme"
 
 
 def test_a_read_still_failing_transiently_after_its_retries_is_a_transient_read_error(flaky, monkeypatch):
     monkeypatch.setattr(reading, "BACKOFF_SECONDS", 0.01)
     with pytest.raises(errors.ImageInputError) as info:
-        reading.read_image_bytes("flaky://photos/hot_dog.jpg", max_bytes=10**7, allowed_schemes=("flaky",), retries=1)
+        policy = reading.ReadPolicy(max_bytes=10**7, allowed_schemes=("flaky",), retries=1)
+        reading.read_image_bytes("flaky://photos/hot_dog.jpg", policy)
     assert info.value.error_type == "ReadError" and info.value.transient is True
     assert errors.is_transient(info.value, errors.error_type_of(info.value, while_reading=True))
 

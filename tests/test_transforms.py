@@ -28,6 +28,8 @@ from PIL import Image
 
 from beam_pipeline import errors, pipeline
 from beam_pipeline.decode.dofn import FAILED_TAG, DecodeImage
+from beam_pipeline.decode.preprocess import DecodeSpec
+from beam_pipeline.decode.reading import ReadPolicy
 from beam_pipeline.inputs.incremental import SkipLabelled, find_earlier_shards
 from beam_pipeline.model.handler import ImageClassifierHandler
 from beam_pipeline.model.resolve import ModelRef
@@ -52,6 +54,9 @@ TOP_SCORES = (0.6, 0.3, 0.1)
 POISON = frozenset(range(10, 16))  # the fake model raises on a batch holding an image whose first pixel is one of these
 CARRIED = pa.schema([pa.field("id", pa.int64())])
 SCHEMES = ("file", "http")
+# allow_private_hosts: the refused URL is on 127.0.0.1
+READ_POLICY = ReadPolicy(max_bytes=1 << 20, allowed_schemes=SCHEMES, retries=0, timeout=10.0, allow_private_hosts=True)
+DECODE_SPEC = DecodeSpec(SIZE, "squash", 10**7)
 BRANCHES = ("Labelled", "Failed", "InferenceFailed")  # LabelRows' outputs
 
 PERMANENT, TRANSIENT = ERROR_KIND_PERMANENT, ERROR_KIND_TRANSIENT
@@ -298,18 +303,7 @@ def test_combined_matchers_fail_when_a_part_fails():
 
 
 def decode_image(**kwargs) -> DecodeImage:
-    settings = dict(
-        size=SIZE,
-        resize="squash",
-        max_bytes=1 << 20,
-        max_pixels=10**7,
-        allowed_schemes=SCHEMES,
-        allow_private_hosts=True,  # the refused URL is on 127.0.0.1
-        read_retries=0,
-        read_timeout=10.0,
-        model_id=MODEL.model_id,
-    )
-    return DecodeImage(**{**settings, **kwargs})
+    return DecodeImage(READ_POLICY, DECODE_SPEC, model_id=MODEL.model_id, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -550,7 +544,8 @@ def model_exception(first_pixels: list[int]) -> Exception | None:
     if not poisoned:
         return None
     kind = ModelCrashed if poisoned[0] % 2 else RuntimeError
-    return kind(f"model failed on a batch with first pixels {sorted(first_pixels)}")
+    # Two lines: the message is carried whole, not read back from the traceback's text.
+    return kind(f"model failed on a batch\nwith first pixels {sorted(first_pixels)}")
 
 
 class FakeClassifier:
@@ -588,17 +583,11 @@ def job_config(**changes) -> JobConfig:
         model=MODEL,
         backend="fake",
         labels=LABELS,
-        input_size=SIZE,
         top_k=TOP_K,
-        resize="squash",
         min_batch_size=1,
         max_batch_size=4,
-        max_bytes=1 << 20,
-        max_image_pixels=10**7,
-        allowed_schemes=SCHEMES,
-        allow_private_hosts=True,  # the refused URL is on 127.0.0.1
-        read_retries=0,
-        read_timeout=10.0,
+        read_policy=READ_POLICY,
+        decode_spec=DECODE_SPEC,
         max_error_fraction=1.0,
         earlier_shards=(),
         relabel_errors=False,

@@ -11,8 +11,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
 from beam_pipeline import errors
-from beam_pipeline.decode.preprocess import PixelBudget, ResizeMode, decode_image
-from beam_pipeline.decode.reading import read_image_bytes
+from beam_pipeline.decode.preprocess import DecodeSpec, PixelBudget, decode_image
+from beam_pipeline.decode.reading import ReadPolicy, read_image_bytes
 from beam_pipeline.records import MANIFEST_ERROR_KEY, METRICS_NAMESPACE, error_row
 from beam_pipeline.worker import default_num_threads
 
@@ -39,27 +39,15 @@ class DecodeImage(beam.DoFn):
 
     def __init__(
         self,
+        read_policy: ReadPolicy,
+        decode_spec: DecodeSpec,
         *,
-        size: tuple[int, int],
-        resize: ResizeMode,
-        max_bytes: int,
-        max_pixels: int,
-        allowed_schemes: tuple[str, ...],
-        allow_private_hosts: bool,
-        read_retries: int,
-        read_timeout: float,
         model_id: str,
         threads: int | None = None,
         in_flight: int | None = None,
     ):
-        self._size = size
-        self._resize = resize
-        self._max_bytes = max_bytes
-        self._max_pixels = max_pixels
-        self._allowed_schemes = allowed_schemes
-        self._allow_private_hosts = allow_private_hosts
-        self._read_retries = read_retries
-        self._read_timeout = read_timeout
+        self._read_policy = read_policy
+        self._decode_spec = decode_spec
         self._model_id = model_id
         self._threads = threads
         self._in_flight_limit = in_flight
@@ -71,7 +59,7 @@ class DecodeImage(beam.DoFn):
 
     def setup(self) -> None:
         # Pillow's own decompression-bomb guard follows the flag too (it would otherwise stop at its own limit).
-        Image.MAX_IMAGE_PIXELS = self._max_pixels
+        Image.MAX_IMAGE_PIXELS = self._decode_spec.max_pixels
         threads = self._threads or default_num_threads()
         self._max_in_flight = max(self._in_flight_limit or 4 * threads, threads)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
@@ -113,18 +101,9 @@ class DecodeImage(beam.DoFn):
             if MANIFEST_ERROR_KEY in row:
                 row = dict(row)
                 raise errors.ImageInputError(errors.BAD_MANIFEST_ROW, row.pop(MANIFEST_ERROR_KEY))
-            data = read_image_bytes(
-                row["uri"],
-                max_bytes=self._max_bytes,
-                allowed_schemes=self._allowed_schemes,
-                retries=self._read_retries,
-                timeout=self._read_timeout,
-                allow_private_hosts=self._allow_private_hosts,
-            )
+            data = read_image_bytes(row["uri"], self._read_policy)
             stage_is_read = False
-            pixels, (width, height) = decode_image(
-                data, size=self._size, resize=self._resize, max_pixels=self._max_pixels, budget=PIXEL_BUDGET
-            )
+            pixels, (width, height) = decode_image(data, self._decode_spec, budget=PIXEL_BUDGET)
         except Exception as exc:  # noqa: BLE001 - every failure of one input becomes its error row
             error_type = errors.error_type_of(exc, while_reading=stage_is_read)
             return FAILED_TAG, error_row(row, exc, error_type=error_type, model_id=self._model_id)

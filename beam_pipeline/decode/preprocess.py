@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from beam_pipeline import errors
 
 ResizeMode = Literal["squash", "center-crop"]
 RESIZE_MODES: tuple[ResizeMode, ...] = ("squash", "center-crop")
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 CENTER_CROP_FRACTION = 0.875  # the usual ImageNet evaluation crop: the central 87.5% of the shorter side
 DRAFT_MARGIN = 2
 BAND_ROWS = 256  # rows of a full-size image reduced at a time
@@ -33,13 +35,18 @@ _ORIENTATION_TRANSPOSE = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+    """What the decode step makes of an image: the model's input `size` (width, height), how the image is fitted
+    to it (--resize), and the most pixels an image may have (--max-image-pixels, checked on the header)."""
+
+    size: tuple[int, int]
+    resize: ResizeMode = "center-crop"
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+
 def decode_image(
-    data: bytes,
-    *,
-    size: tuple[int, int],
-    resize: ResizeMode,
-    max_pixels: int,
-    budget: PixelBudget | None = None,
+    data: bytes, spec: DecodeSpec, *, budget: PixelBudget | None = None
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Returns (uint8 array [height, width, 3], (original width, original height)).
 
@@ -54,6 +61,7 @@ def decode_image(
         if format_name:
             raise errors.ImageInputError(errors.CORRUPT_IMAGE, f"a {format_name} file whose header is broken") from None
         raise errors.ImageInputError(errors.NOT_AN_IMAGE, "Pillow recognises no image format in the bytes") from None
+    size, resize, max_pixels = spec.size, spec.resize, spec.max_pixels
     width, height = im.size
     if width * height > max_pixels:
         # Checked on the header, before any pixel is decoded: a decompression bomb never allocates.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 import socket
@@ -16,6 +17,7 @@ from fsspec.core import split_protocol
 from beam_pipeline import errors
 
 DEFAULT_ALLOWED_SCHEMES = ("file", "gs", "gcs", "s3", "memory", "http", "https")
+DEFAULT_MAX_BYTES = 50_000_000
 DEFAULT_READ_RETRIES = 3
 # Seconds to connect, and then to wait for each next part of the response, per attempt. Without it a host that
 # accepts and never answers holds a worker thread for aiohttp's 5-minute total per attempt, and gcsfs sets no
@@ -28,25 +30,30 @@ BACKOFF_CAP_SECONDS = 10.0
 _HTTP_SCHEMES = ("http", "https")
 
 
+@dataclasses.dataclass(frozen=True)
+class ReadPolicy:
+    """How one image's bytes may be read: --max-bytes, --allowed-schemes, --read-retries, --read-timeout and
+    --allow-private-hosts, checked once at launch and passed together to every read."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    allowed_schemes: tuple[str, ...] = DEFAULT_ALLOWED_SCHEMES
+    retries: int = DEFAULT_READ_RETRIES
+    timeout: float = DEFAULT_READ_TIMEOUT
+    allow_private_hosts: bool = False
+
+
 def scheme_of(uri: str) -> str:
     """The URI's scheme, `file` for plain paths."""
     protocol, _ = split_protocol(uri)
     return protocol or "file"
 
 
-def read_image_bytes(
-    uri: str | None,
-    *,
-    max_bytes: int,
-    allowed_schemes: tuple[str, ...],
-    retries: int = 0,
-    allow_private_hosts: bool = True,
-    timeout: float = DEFAULT_READ_TIMEOUT,
-) -> bytes:
+def read_image_bytes(uri: str | None, policy: ReadPolicy) -> bytes:
     """Returns the file's bytes; raises ImageInputError or the filesystem's own permanent error.
 
-    A failure that is still transient after `retries` retries becomes a ReadError marked transient.
+    A failure that is still transient after `policy.retries` retries becomes a ReadError marked transient.
     """
+    max_bytes, allowed_schemes, timeout = policy.max_bytes, policy.allowed_schemes, policy.timeout
     if uri is None or not uri.strip():
         raise errors.ImageInputError(errors.EMPTY_URI, "the row has no URI")
     scheme = scheme_of(uri)
@@ -54,17 +61,17 @@ def read_image_bytes(
         raise errors.ImageInputError(
             errors.UNSUPPORTED_SCHEME, f"scheme {scheme!r} is not in --allowed-schemes ({', '.join(allowed_schemes)})"
         )
-    for attempt in range(retries + 1):
+    for attempt in range(policy.retries + 1):
         try:
             if scheme in _HTTP_SCHEMES:
-                data = _read_http(uri, max_bytes, timeout, public_only=not allow_private_hosts)
+                data = _read_http(uri, max_bytes, timeout, public_only=not policy.allow_private_hosts)
             else:
                 data = _read(uri, max_bytes, _storage_options(scheme, timeout))
             break
         except Exception as exc:
             if not errors.is_transient_read_failure(exc):
                 raise
-            if attempt == retries:
+            if attempt == policy.retries:
                 raise _gave_up(exc, attempt + 1, timeout) from exc
             delay = min(BACKOFF_CAP_SECONDS, BACKOFF_SECONDS * 2**attempt)
             time.sleep(delay * random.uniform(0.5, 1.0))

@@ -8,7 +8,8 @@ import uuid
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import layout
-from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES
+from beam_pipeline.decode.preprocess import DecodeSpec
+from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES, ReadPolicy
 from beam_pipeline.inputs import checks, incremental
 from beam_pipeline.inputs.specs import InputError, InputSpec
 from beam_pipeline.model import labels, load, resolve
@@ -101,17 +102,17 @@ def prepare(
         model=model_ref,
         backend=model_ref.backend,
         labels=label_names,
-        input_size=classifier.input_size,
         top_k=flags.top_k,
-        resize=flags.resize,
         min_batch_size=flags.min_batch_size,
         max_batch_size=flags.max_batch_size,
-        max_bytes=flags.max_bytes,
-        max_image_pixels=flags.max_image_pixels,
-        allowed_schemes=flags.allowed_schemes or default_schemes(local),
-        allow_private_hosts=flags.allow_private_hosts,
-        read_retries=flags.read_retries,
-        read_timeout=flags.read_timeout,
+        read_policy=ReadPolicy(
+            max_bytes=flags.max_bytes,
+            allowed_schemes=flags.allowed_schemes or default_schemes(local),
+            retries=flags.read_retries,
+            timeout=flags.read_timeout,
+            allow_private_hosts=flags.allow_private_hosts,
+        ),
+        decode_spec=DecodeSpec(size=classifier.input_size, resize=flags.resize, max_pixels=flags.max_image_pixels),
         max_error_fraction=flags.max_error_fraction,
         earlier_shards=earlier_shards,
         relabel_errors=flags.relabel_errors,

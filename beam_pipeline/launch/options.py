@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from beam_pipeline.decode.preprocess import RESIZE_MODES
-from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES, DEFAULT_READ_RETRIES, DEFAULT_READ_TIMEOUT
+from beam_pipeline.decode.preprocess import DEFAULT_MAX_IMAGE_PIXELS, RESIZE_MODES
+from beam_pipeline.decode.reading import (
+    DEFAULT_ALLOWED_SCHEMES,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_READ_RETRIES,
+    DEFAULT_READ_TIMEOUT,
+)
 from beam_pipeline.model.labels import DEFAULT_LABELS_URL
 from beam_pipeline.model.resolve import BACKENDS
 
@@ -141,13 +146,13 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-bytes",
         type=_int_at_least(1),
-        default=50_000_000,
+        default=DEFAULT_MAX_BYTES,
         help="Larger files become FileTooLarge error rows (default: 50000000).",
     )
     group.add_argument(
         "--max-image-pixels",
         type=_int_at_least(1),
-        default=100_000_000,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
         help="Images with more pixels become ImageTooLarge error rows, checked before decoding (default: 1e8).",
     )
     group.add_argument(

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from beam_pipeline import errors
 from beam_pipeline.model.backends import Classifier
 from beam_pipeline.model.load import load
 from beam_pipeline.model.ref import ModelRef
@@ -59,7 +60,10 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Classifi
         model: Classifier,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        probabilities = model.predict(np.stack(batch))
+        try:
+            probabilities = model.predict(np.stack(batch))
+        except Exception as exc:  # noqa: BLE001 - the batch goes to RunInference's dead letters, described
+            raise errors.BatchFailed(exc) from exc
         # A stable sort breaks ties (common in quantised outputs) towards the lower class id, as argmax does.
         top_ids = np.argsort(-probabilities, axis=1, kind="stable")[:, : self._top_k]
         return [

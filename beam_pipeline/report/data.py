@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES
-from beam_pipeline.launch.options import add_labeller_arguments
-
-
-def _job_default(dest: str) -> Any:
-    """The job's own default for one of its flags, so the report reads images within the same limits."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_labeller_arguments(parser)
-    return parser.get_default(dest)
-
+from beam_pipeline.decode.preprocess import DEFAULT_MAX_IMAGE_PIXELS
+from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES, DEFAULT_MAX_BYTES
 
 DEFAULT_PER_LABEL = 8
 DEFAULT_MAX_THUMBNAILS = 300
@@ -27,8 +18,8 @@ DEFAULT_PAGE_SIZE = 100
 DEFAULT_TOP_LABELS = 20
 DEFAULT_THUMB_SIZE = 128
 DEFAULT_WORKERS = 8
-DEFAULT_MAX_BYTES: int = _job_default("max_bytes")
-MAX_IMAGE_PIXELS: int = _job_default("max_image_pixels")
+# The job's own limits (DEFAULT_MAX_BYTES too), so the report reads images within the same bounds.
+MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 SCORE_BINS = 20
 
 

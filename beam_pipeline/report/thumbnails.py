@@ -18,7 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, ImageOps
 
 from beam_pipeline import errors
-from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES, read_image_bytes, scheme_of
+from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES, ReadPolicy, read_image_bytes, scheme_of
 from beam_pipeline.report.data import DEFAULT_MAX_BYTES, DEFAULT_THUMB_SIZE, MAX_IMAGE_PIXELS, Options
 
 # Error types of the reader's refusals, shown under the placeholder (other failures just say "unavailable").
@@ -66,12 +66,10 @@ def make_thumbnail(
     if not allow_local_files and is_local_file(uri):
         return Thumbnail(refused=LOCAL_FILE_REFUSED)
     try:
-        data = read_image_bytes(
-            uri=uri,
-            max_bytes=max_bytes,
-            allowed_schemes=tuple(allowed_schemes),
-            allow_private_hosts=allow_private_hosts,
+        policy = ReadPolicy(
+            max_bytes=max_bytes, allowed_schemes=tuple(allowed_schemes), allow_private_hosts=allow_private_hosts
         )
+        data = read_image_bytes(uri, policy)
         with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 return Thumbnail()
