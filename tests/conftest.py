@@ -6,6 +6,7 @@ import contextlib
 import http.server
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from beam_pipeline import pipeline
 from beam_pipeline.launch.options import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,3 +152,23 @@ def serve_folder(directory: Path | str) -> Iterator[tuple[str, list[str]]]:
         yield f"http://127.0.0.1:{server.server_address[1]}", requested
     finally:
         server.shutdown()
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """An http URL on 127.0.0.1 that refuses connections: its port is bound here and never listened on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/image.png"
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    """LabelRows builds FakeClassifierHandler where the job builds ImageClassifierHandler.
+
+    Patching the one name keeps LabelRows.expand as the job runs it (decode, RunInference with its dead-letter
+    output, error rows), where rebuilding that graph here would test a copy of it.
+    """
+    from fake_job import FakeClassifierHandler
+
+    monkeypatch.setattr(pipeline, "ImageClassifierHandler", FakeClassifierHandler)
