@@ -1,9 +1,11 @@
 """How a run's output is named in storage: its prefix (with {date}/{run_id} filled in), its shard file names, its
-staging folder and its `_SUCCESS` file. Shared by the stage that writes output, by --skip-labelled, which reads
-earlier output, and by the report.
+staging folder, its publish-intent record, the folder that keeps the rows of a run that could not publish, and its
+`_SUCCESS` file. Shared by the stage that writes output, by --skip-labelled, which reads earlier output, and by the
+report.
 
 Shards are staged in a run-scoped folder beside the output (`_staging-RUNID/`, ignored by Spark, Hive, pyarrow and
-pandas as every `_` name is) and renamed to PREFIX-SSSSS-of-NNNNN.parquet when the run's rows reconcile.
+pandas as every `_` name is) and renamed to PREFIX-SSSSS-of-NNNNN.parquet when the run's rows reconcile; when they do
+not, they are moved to `_failed-RUNID/` instead, where no later run deletes them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from apache_beam.io.filesystems import FileSystems
 SHARD_SUFFIX = ".parquet"
 SUCCESS_FILE = "_SUCCESS"
 STAGING_FOLDER = "_staging-"
+FAILED_FOLDER = "_failed-"
+INTENT_FILE = "_PUBLISH.json"
 # Beam's default shard template: PREFIX-SSSSS-of-NNNNN.parquet
 _SHARD_NAME = re.compile(r"(?P<prefix>.+)-\d{5,}-of-\d{5,}" + re.escape(SHARD_SUFFIX))
 
@@ -64,6 +68,16 @@ def staging_folder(prefix: str, run_id: str) -> str:
 def staging_prefix(prefix: str, run_id: str) -> str:
     """Where this run's sink writes: PREFIX's folder/_staging-RUNID/PREFIX's name."""
     return FileSystems.join(staging_folder(prefix, run_id), FileSystems.split(prefix)[1])
+
+
+def intent_path(prefix: str, run_id: str) -> str:
+    """This run's publish-intent record, in its staging folder (output/finalize.py)."""
+    return FileSystems.join(staging_folder(prefix, run_id), INTENT_FILE)
+
+
+def failed_folder(prefix: str, run_id: str) -> str:
+    """Where this run's staged files go when they are not published: PREFIX's folder/_failed-RUNID."""
+    return FileSystems.join(folder_of(prefix), f"{FAILED_FOLDER}{run_id}")
 
 
 def success_path(prefix: str) -> str:
