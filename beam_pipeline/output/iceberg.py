@@ -50,7 +50,7 @@ class IcebergTarget:
 
     def commit(self, files: list[str], schema: pa.Schema, run_id: str) -> int:
         """Adds `files` in one snapshot tagged with `run_id` (once); returns that snapshot's id."""
-        from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
+        from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException, NoSuchTableError
 
         catalog = self.load_catalog()
         namespace = self.table.rsplit(".", 1)[0]
@@ -59,7 +59,10 @@ class IcebergTarget:
         except Exception:  # noqa: BLE001 - SQL catalogs raise IntegrityError when another run created it meanwhile
             if not catalog.namespace_exists(namespace):
                 raise
-        table = catalog.create_table_if_not_exists(self.table, schema=schema)
+        try:
+            table = catalog.load_table(self.table)
+        except NoSuchTableError:  # first use (create_table_if_not_exists alone would write a metadata file each time)
+            table = catalog.create_table_if_not_exists(self.table, schema=schema)
         retries, wait_ms, max_wait_ms = _retry_settings(table)
         attempt = 0
         while (committed := _snapshot_of_run(table, run_id)) is None:
