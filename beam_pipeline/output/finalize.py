@@ -177,7 +177,7 @@ def decide(info: RunInfo, staged: list[tuple[str, int]], *, rows_in: int, rows_s
         "rows_skipped": rows_skipped,
         "status_counts": stats["status_counts"],
         "errors_by_type": stats["errors_by_type"],
-        "top_labels": stats["top_labels"],
+        "top_labels": [list(pair) for pair in stats["top_labels"]],  # as JSON has them
         "images_per_second": round(written / seconds, 2) if seconds > 0 else None,
         "model": info.model_id,
         "model_spec": info.model_spec,
