@@ -22,6 +22,8 @@ SUCCESS_FILE = "_SUCCESS"
 STAGING_FOLDER = "_staging-"
 FAILED_FOLDER = "_failed-"
 INTENT_FILE = "_PUBLISH.json"
+PLACEHOLDERS = ("{date}", "{run_id}")
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 # Beam's default shard template: PREFIX-SSSSS-of-NNNNN.parquet
 _SHARD_NAME = re.compile(r"(?P<prefix>.+)-\d{5,}-of-\d{5,}" + re.escape(SHARD_SUFFIX))
 
@@ -31,12 +33,19 @@ def new_run_id(now: datetime.datetime) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
+def unknown_placeholders(output: str) -> list[str]:
+    """The `{...}` parts of an --output value that are not placeholders (a misspelt `{data}` would otherwise become
+    a folder of that name)."""
+    return [p for p in _PLACEHOLDER.findall(output) if p not in PLACEHOLDERS]
+
+
 def expand_prefix(output: str, *, now: datetime.datetime, run_id: str) -> str:
-    """Fills the {date} and {run_id} placeholders and a leading ~; a prefix ending in / gets the name `labels`."""
+    """Fills the {date} and {run_id} placeholders; a prefix ending in / gets the name `labels`. A local prefix is
+    made absolute (~ expanded), so that every spelling of one folder (`out/`, `./out/`, `/abs/out/`, or `out/` from
+    another working directory) names the same output, in the check against an earlier run and in `_SUCCESS`."""
     prefix = output.replace("{date}", f"{now:%Y-%m-%d}").replace("{run_id}", run_id)
-    if "://" not in prefix:
-        prefix = os.path.expanduser(prefix)
-    return prefix + "labels" if prefix.endswith("/") else prefix
+    prefix = prefix + "labels" if prefix.endswith("/") else prefix
+    return prefix if "://" in prefix else os.path.abspath(os.path.expanduser(prefix))
 
 
 def shard_prefix(name: str) -> str | None:

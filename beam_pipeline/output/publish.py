@@ -44,14 +44,18 @@ def final_shards(prefix: str) -> list[str]:
 
 
 def other_prefixes(prefix: str) -> list[str]:
-    """Other output prefixes whose shards or _SUCCESS share PREFIX's folder (a folder holds one prefix's output)."""
+    """Other output prefixes whose shards or _SUCCESS share PREFIX's folder (a folder holds one prefix's output).
+
+    The `_SUCCESS` record found is the one in PREFIX's folder, so its prefix is resolved against that folder: only
+    its name can differ from PREFIX's (a run that spelt the folder `n/`, `./n/` or `/abs/n/` wrote the same one).
+    """
     folder, name = FileSystems.split(prefix)
     pattern = FileSystems.join(folder, f"*-*-of-*{SHARD_SUFFIX}")
     names = {FileSystems.split(m.path)[1] for r in FileSystems.match([pattern]) for m in r.metadata_list}
     found = {shard_prefix(n) for n in names} - {name, None}
     success = read_success(prefix)
-    if success and success.get("output_prefix") not in (None, prefix):
-        found.add(FileSystems.split(success["output_prefix"])[1])
+    if success and success.get("output_prefix"):
+        found |= {FileSystems.split(success["output_prefix"])[1]} - {name}
     return sorted(found)
 
 
