@@ -12,7 +12,7 @@ from apache_beam.runners.runner import create_runner
 
 from beam_pipeline import pipeline
 from beam_pipeline.launch.progress import ProgressReporter
-from beam_pipeline.output import publish
+from beam_pipeline.output import finalize, publish
 from beam_pipeline.pipeline import JobConfig
 from beam_pipeline.worker import TALLY, default_num_threads
 
@@ -31,8 +31,14 @@ def run(job: JobConfig, beam_args: list[str], *, progress: bool = False) -> dict
     with contextlib.ExitStack() as stack:
         if progress:
             stack.enter_context(ProgressReporter())
-        with beam.Pipeline(options=options) as p:
-            pipeline.build(p, job, spread_rows=rows_need_spreading(options))
+        try:
+            with beam.Pipeline(options=options) as p:
+                pipeline.build(p, job, spread_rows=rows_need_spreading(options))
+        except Exception:
+            # Dataflow retries a final step that failed (a storage error while publishing); the local runner does
+            # not, so the launcher does, once, if the step had decided (then every row was in): else it stands.
+            if not _runs_locally(options) or finalize.resume(pipeline.run_info(job)) is None:
+                raise
     record = publish.read_success(job.output)
     if record is None or record.get("run_id") != job.run_id:
         raise RunError(f"the pipeline finished but wrote no _SUCCESS for run {job.run_id} beside {job.output}")

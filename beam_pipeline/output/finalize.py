@@ -135,6 +135,13 @@ def finalize_run(
     return carry_out(info, intent)
 
 
+def resume(info: RunInfo) -> dict | None:
+    """Finishes what an attempt that failed had decided (its intent), as a retry would; None if it decided nothing.
+    For runners that do not retry a failed step (the local one): the launcher calls it."""
+    intent = publish.read_record(intent_path(info.output, info.run_id))
+    return None if intent is None else carry_out(info, intent)
+
+
 def decide(info: RunInfo, staged: list[tuple[str, int]], *, rows_in: int, rows_skipped: int, stats: dict) -> dict:
     """The publish intent: whether to publish, every move (staged file -> shard, or -> `_failed-RUNID/`) with its
     row count, and the `_SUCCESS` record, from the step's inputs and what is in storage now."""
