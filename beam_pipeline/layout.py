@@ -1,9 +1,11 @@
 """How a run's output is named in storage: its prefix (with {date}/{run_id} filled in), its shard file names, its
-staging folder and its `_SUCCESS` file. Shared by the stage that writes output, by --skip-labelled, which reads
-earlier output, and by the report.
+staging folder, its publish-intent record, the folder that keeps the rows of a run that could not publish, and its
+`_SUCCESS` file. Shared by the stage that writes output, by --skip-labelled, which reads earlier output, and by the
+report.
 
 Shards are staged in a run-scoped folder beside the output (`_staging-RUNID/`, ignored by Spark, Hive, pyarrow and
-pandas as every `_` name is) and renamed to PREFIX-SSSSS-of-NNNNN.parquet when the run's rows reconcile.
+pandas as every `_` name is) and renamed to PREFIX-SSSSS-of-NNNNN.parquet when the run's rows reconcile; when they do
+not, they are moved to `_failed-RUNID/` instead, where no later run deletes them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from apache_beam.io.filesystems import FileSystems
 SHARD_SUFFIX = ".parquet"
 SUCCESS_FILE = "_SUCCESS"
 STAGING_FOLDER = "_staging-"
+FAILED_FOLDER = "_failed-"
+INTENT_FILE = "_PUBLISH.json"
+PLACEHOLDERS = ("{date}", "{run_id}")
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 # Beam's default shard template: PREFIX-SSSSS-of-NNNNN.parquet
 _SHARD_NAME = re.compile(r"(?P<prefix>.+)-\d{5,}-of-\d{5,}" + re.escape(SHARD_SUFFIX))
 
@@ -27,12 +33,19 @@ def new_run_id(now: datetime.datetime) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
+def unknown_placeholders(output: str) -> list[str]:
+    """The `{...}` parts of an --output value that are not placeholders (a misspelt `{data}` would otherwise become
+    a folder of that name)."""
+    return [p for p in _PLACEHOLDER.findall(output) if p not in PLACEHOLDERS]
+
+
 def expand_prefix(output: str, *, now: datetime.datetime, run_id: str) -> str:
-    """Fills the {date} and {run_id} placeholders and a leading ~; a prefix ending in / gets the name `labels`."""
+    """Fills the {date} and {run_id} placeholders; a prefix ending in / gets the name `labels`. A local prefix is
+    made absolute (~ expanded), so that every spelling of one folder (`out/`, `./out/`, `/abs/out/`, or `out/` from
+    another working directory) names the same output, in the check against an earlier run and in `_SUCCESS`."""
     prefix = output.replace("{date}", f"{now:%Y-%m-%d}").replace("{run_id}", run_id)
-    if "://" not in prefix:
-        prefix = os.path.expanduser(prefix)
-    return prefix + "labels" if prefix.endswith("/") else prefix
+    prefix = prefix + "labels" if prefix.endswith("/") else prefix
+    return prefix if "://" in prefix else os.path.abspath(os.path.expanduser(prefix))
 
 
 def shard_prefix(name: str) -> str | None:
@@ -64,6 +77,16 @@ def staging_folder(prefix: str, run_id: str) -> str:
 def staging_prefix(prefix: str, run_id: str) -> str:
     """Where this run's sink writes: PREFIX's folder/_staging-RUNID/PREFIX's name."""
     return FileSystems.join(staging_folder(prefix, run_id), FileSystems.split(prefix)[1])
+
+
+def intent_path(prefix: str, run_id: str) -> str:
+    """This run's publish-intent record, in its staging folder (output/finalize.py)."""
+    return FileSystems.join(staging_folder(prefix, run_id), INTENT_FILE)
+
+
+def failed_folder(prefix: str, run_id: str) -> str:
+    """Where this run's staged files go when they are not published: PREFIX's folder/_failed-RUNID."""
+    return FileSystems.join(folder_of(prefix), f"{FAILED_FOLDER}{run_id}")
 
 
 def success_path(prefix: str) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import posixpath
+import re
 import signal
 import socket
 import subprocess
@@ -250,15 +252,73 @@ def test_portable_runner_against_local_job_service(
     assert set(table.column("status").to_pylist()) == {"ok"}
 
 
-def test_flex_template_parameters_are_job_flags():
-    """Every parameter in dataflow/metadata.json reaches the job as --name=value and parses."""
-    metadata = json.loads((REPO / "dataflow" / "metadata.json").read_text())
-    samples = {"top_k": "3", "resize": "squash", "max_error_fraction": "0.1"}
-    argv = [f"--{p['name']}={samples.get(p['name'], 'gs://bucket/x')}" for p in metadata["parameters"]]
-    flags, unknown = cli.build_parser().parse_known_args(argv)
+# Values a Flex Template user might type: every typed flag's parameter regex accepts exactly those its parser does.
+PROBES = ["0", "1", "7", "64", "007", "0.5", "1.0", "1.5", ".25", "-1", "", "abc", "true", "false", "True", "yes"]
+
+
+def _flags() -> dict[str, argparse.Action]:
+    """The job's own flags (launch/options.py), by parameter name."""
+    (group,) = [g for g in cli.build_parser()._action_groups if g.title == "beam-image-labeller"]
+    return {action.dest: action for action in group._group_actions}
+
+
+def _parses(action: argparse.Action, value: str) -> bool:
+    if action.choices is not None:
+        return value in action.choices
+    if action.type is None:
+        return True
+    try:
+        action.type(value)
+    except (argparse.ArgumentTypeError, ValueError):
+        return False
+    return True
+
+
+def _sample(action: argparse.Action) -> str:
+    """A value the flag parses into something other than its default."""
+    if action.type is None and action.choices is None:
+        return "gs://bucket/x"
+    candidates = [*(action.choices or []), "true", "7", "0.5"]
+    return next(v for v in candidates if _parses(action, v) and (action.type or str)(v) != action.default)
+
+
+def test_flex_template_parameters_are_the_job_flags():
+    """dataflow/metadata.json has a parameter for every flag of the job and no other (a scheduled template can set
+    each, --overwrite for a same-day retry included); --input and --output alone are required."""
+    parameters = {p["name"]: p for p in json.loads((REPO / "dataflow" / "metadata.json").read_text())["parameters"]}
+    flags = _flags()
+    assert sorted(parameters) == sorted(flags)
+    assert sorted(n for n, p in parameters.items() if not p["isOptional"]) == ["input", "output"]
+    for name, parameter in parameters.items():
+        assert parameter["label"] and parameter["helpText"], name
+
+
+def test_flex_template_parameter_regexes_match_the_flags_parsers():
+    """A typed flag (a switch, a choice, a number) has a parameter regex, and the regex accepts exactly the values
+    its parser accepts; a numeric flag's help states its default."""
+    parameters = {p["name"]: p for p in json.loads((REPO / "dataflow" / "metadata.json").read_text())["parameters"]}
+    for name, action in _flags().items():
+        regexes = parameters[name].get("regexes", [])
+        typed = not _parses(action, "abc")  # free text takes any word
+        assert bool(regexes) == typed, f"{name}: regexes {regexes} for a {'typed' if typed else 'free text'} flag"
+        for value in [*PROBES, *(action.choices or [])]:
+            matched = any(re.fullmatch(regex, value) for regex in regexes)
+            assert not typed or matched == _parses(action, value), f"{name}: {value!r} matched {matched}"
+        if isinstance(action.default, (int, float)) and not isinstance(action.default, bool):
+            stated = re.search(r"\(default: ([0-9.e+]+)", parameters[name]["helpText"])
+            assert stated and float(stated[1]) == action.default, f"{name}: the help does not say {action.default}"
+
+
+def test_flex_template_parameters_reach_the_job():
+    """Every parameter, given as a Flex Template passes it (--name=value), parses into the job's flags."""
+    parameters = json.loads((REPO / "dataflow" / "metadata.json").read_text())["parameters"]
+    flags = _flags()
+    samples = {name: _sample(action) for name, action in flags.items()}
+    argv = [f"--{p['name']}={samples[p['name']]}" for p in parameters]
+    parsed, unknown = cli.build_parser().parse_known_args(argv)
     assert unknown == []
-    for parameter in metadata["parameters"]:
-        assert getattr(flags, parameter["name"]) not in (None, False)
+    for parameter in parameters:
+        assert getattr(parsed, parameter["name"]) != flags[parameter["name"]].default, parameter["name"]
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "worker.Dockerfile"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import apache_beam as beam
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -55,8 +56,9 @@ def test_job_writes_each_of_200k_manifest_rows_exactly_once(tmp_path, shared, ti
 
 
 def test_a_lost_row_fails_the_run_loudly(tmp_path, shared, tiny_model, labels_file, monkeypatch, capsys):
-    """A transform that drops a row on purpose: nothing is published, _SUCCESS says failed with both counts, and the
-    launcher exits 1 with one line saying how many rows are missing."""
+    """A transform that drops a row on purpose: nothing is published, _SUCCESS says failed with both counts and
+    where the rows written are kept (`_failed-RUNID/`), and the launcher exits 1 with one line saying how many rows
+    are missing."""
     photos = write_good_images(tmp_path / "photos", shared)
     dropped = photos[0].name
     label_rows = pipeline.LabelRows.expand
@@ -75,7 +77,11 @@ def test_a_lost_row_fails_the_run_loudly(tmp_path, shared, tiny_model, labels_fi
     success = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
     assert success["status"] == "failed" and not success["published"] and success["shards"] == []
     assert (success["rows_in"], success["rows"]) == (len(photos), len(photos) - 1)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_SUCCESS"], "incomplete output is not published"
+    kept = f"_failed-{success['run_id']}"
+    assert success["failed_folder"] == str(tmp_path / "out" / kept)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_SUCCESS", kept], "incomplete output unpublished"
+    uris = pd.read_parquet(tmp_path / "out" / kept).uri
+    assert sorted(uris) == sorted(str(p) for p in photos if p.name != dropped), "the rows written are kept"
 
 
 @pytest.mark.parametrize("rows_in, skipped, written, sent", [(10, 2, 8, 8), (0, 0, 0, 0)])

@@ -38,6 +38,11 @@ def prepare(
         raise LaunchError("--input", "is required (a folder, a glob or a manifest of image URIs)")
     if not flags.output:
         raise LaunchError("--output", "is required (an output path prefix)")
+    unknown = layout.unknown_placeholders(flags.output)
+    if unknown:
+        known = " and ".join(layout.PLACEHOLDERS)
+        message = f"unknown placeholder {unknown[0]} in {flags.output!r}: the placeholders are {known}"
+        raise LaunchError("--output", message)
     if flags.relabel_errors and not flags.skip_labelled:
         raise LaunchError("--relabel-errors", "only applies with --skip-labelled")
     if flags.min_batch_size > flags.max_batch_size:

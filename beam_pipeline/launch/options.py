@@ -66,14 +66,24 @@ def _scheme_list(value: str) -> tuple[str, ...]:
     return schemes
 
 
+def _switch(value: str) -> bool:
+    if value not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return value == "true"
+
+
 class _FlagGroup:
-    """An argparse group that also accepts each --multi-word flag as --multi_word (Beam's and Flex Templates' style)."""
+    """An argparse group that also accepts each --multi-word flag as --multi_word, and each switch as --switch=true
+    or --switch=false too (Beam's and Flex Templates' style: a template passes every parameter as --name=value)."""
 
     def __init__(self, group):
         self._group = group
 
     def add_argument(self, flag: str, **kwargs) -> None:
         aliases = [flag.replace("-", "_").replace("__", "--", 1)] if "-" in flag[2:] else []
+        if kwargs.get("action") == "store_true":
+            kwargs = {**kwargs, "action": "store", "nargs": "?", "const": True, "default": False, "type": _switch}
+            kwargs["metavar"] = "true|false"
         self._group.add_argument(flag, *aliases, **kwargs)
 
 

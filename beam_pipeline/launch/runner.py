@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.runner import create_runner
 
 from beam_pipeline import pipeline
 from beam_pipeline.launch.progress import ProgressReporter
-from beam_pipeline.output import publish
+from beam_pipeline.output import finalize, publish
 from beam_pipeline.pipeline import JobConfig
 from beam_pipeline.worker import TALLY, default_num_threads
-
-LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner")
 
 
 class RunError(Exception):
@@ -31,8 +31,14 @@ def run(job: JobConfig, beam_args: list[str], *, progress: bool = False) -> dict
     with contextlib.ExitStack() as stack:
         if progress:
             stack.enter_context(ProgressReporter())
-        with beam.Pipeline(options=options) as p:
-            pipeline.build(p, job, spread_rows=rows_need_spreading(options))
+        try:
+            with beam.Pipeline(options=options) as p:
+                pipeline.build(p, job, spread_rows=rows_need_spreading(options))
+        except Exception:
+            # Dataflow retries a final step that failed (a storage error while publishing); the local runner does
+            # not, so the launcher does, once, if the step had decided (then every row was in): else it stands.
+            if not _runs_locally(options) or finalize.resume(pipeline.run_info(job)) is None:
+                raise
     record = publish.read_success(job.output)
     if record is None or record.get("run_id") != job.run_id:
         raise RunError(f"the pipeline finished but wrote no _SUCCESS for run {job.run_id} beside {job.output}")
@@ -41,14 +47,30 @@ def run(job: JobConfig, beam_args: list[str], *, progress: bool = False) -> dict
 
 def is_local(beam_args: list[str]) -> bool:
     """Whether the workers run on this machine (Beam's local runner, in any of its modes)."""
-    return PipelineOptions(beam_args).view_as(StandardOptions).runner in LOCAL_RUNNERS
+    return _runs_locally(PipelineOptions(beam_args))
+
+
+def _runs_locally(options: PipelineOptions) -> bool:
+    """Whether --runner names one of Beam's local runners, resolved as Beam resolves it (any case, with or without
+    `Runner`, or a class path: `direct`, `DIRECT` and `directrunner` are the DirectRunner)."""
+    return runner_class(options.view_as(StandardOptions).runner) in StandardOptions.LOCAL_RUNNERS
+
+
+@functools.cache
+def runner_class(name: str | None) -> str | None:
+    """The class name of the runner Beam creates for `--runner NAME` (its default when None); None when Beam knows
+    no such runner (Beam then refuses it when the pipeline is built)."""
+    try:
+        return type(create_runner(name or StandardOptions.DEFAULT_RUNNER)).__name__
+    except (ValueError, ImportError, AttributeError):
+        return None
 
 
 def threads_per_process(beam_args: list[str]) -> int | None:
     """Cores one worker process may use: all of them for the in-memory worker, an equal share for the local
     multi-process layout, and one off the local runner (Dataflow runs one SDK process per vCPU)."""
     options = PipelineOptions(beam_args)
-    if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
+    if not _runs_locally(options):
         return 1
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode == "in_memory":
@@ -60,7 +82,7 @@ def threads_per_process(beam_args: list[str]) -> int | None:
 def model_staging(beam_args: list[str]) -> str | None:
     """Where remote workers' model copy goes by default: under --temp_location (None on the local runner)."""
     options = PipelineOptions(beam_args)
-    if options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
+    if _runs_locally(options):
         return None
     temp = options.view_as(GoogleCloudOptions).temp_location
     return f"{temp.rstrip('/')}/beam-image-labeller/models" if temp else None
@@ -73,6 +95,5 @@ def runs_in_this_process(beam_args: list[str]) -> bool:
 
 def rows_need_spreading(options: PipelineOptions) -> bool:
     """False only on the local runner's single in-memory worker, where a Reshuffle moves rows nowhere."""
-    runner = options.view_as(StandardOptions).runner
     mode = options.view_as(DirectOptions).direct_running_mode
-    return not (runner in LOCAL_RUNNERS and mode == "in_memory")
+    return not (_runs_locally(options) and mode == "in_memory")

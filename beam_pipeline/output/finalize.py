@@ -1,10 +1,18 @@
 """The run's final step, inside the pipeline: reconcile rows in against rows written, publish, write `_SUCCESS`.
 
-It runs after the sink (sink.py) has finished its files in the run's staging folder (it takes their names as a side
-input), from counts the pipeline computed itself, so a run finishes properly even when its launcher is gone
+It runs after the sink (sink.py) has finished its files in the run's staging folder, from their names and row counts
+(a side input) and counts the pipeline computed itself, so a run finishes properly even when its launcher is gone
 (Dataflow, schedulers). Shards are published (renamed into place) only when every input row is accounted for, then
-committed to the Iceberg table if one is given; `_SUCCESS` is written either way, last, with `status` ok or failed
-and the problems found.
+committed to the Iceberg table if one is given; otherwise the staged files are kept in `_failed-RUNID/`. `_SUCCESS`
+is written either way, last, with `status` ok or failed and the problems found.
+
+The step can run again, and beside itself (Dataflow retries a failed work item up to 4 times, and a worker presumed
+lost may still be running). It decides once, and writes what it decided before it moves any file: the publish
+intent (the run id, each staged file's move and row count, the `_SUCCESS` record to write). An attempt that finds
+the intent carries it out instead of deciding again (a file counts from its source or its destination; the Iceberg
+commit finds the run's snapshot); one that finds this run's `_SUCCESS` leaves it as it is. A decision depends only on
+the step's inputs, so two attempts deciding at once decide alike (short of another run publishing at the same
+prefix between the two).
 """
 
 from __future__ import annotations
@@ -15,11 +23,9 @@ import datetime
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline.layout import staging_prefix
+from beam_pipeline.layout import failed_folder, intent_path, shard_names, staging_folder, staging_prefix
 from beam_pipeline.output import publish
 from beam_pipeline.output.iceberg import IcebergTarget
 from beam_pipeline.output.sink import write_empty_file
@@ -87,9 +93,9 @@ class RowStats(beam.CombineFn):
 class FinalizeRun(beam.PTransform):
     """Writes `_SUCCESS` once the shards are final: the run's summary, with `status` ok or failed.
 
-    Inputs (a dict of PCollections): `shards` (the staged files the rows were written to), `rows_in` (rows entering
-    the job after expansion), `rows_skipped` (left out by --skip-labelled), `row_stats` (RowStats of each branch of
-    rows sent to the sink).
+    Inputs (a dict of PCollections): `shards` ((name, rows) of each staged file the sink wrote), `rows_in` (rows
+    entering the job after expansion), `rows_skipped` (left out by --skip-labelled), `row_stats` (RowStats of each
+    branch of rows sent to the sink).
     Output: the summary record, also written as JSON to `_SUCCESS`.
     """
 
@@ -114,56 +120,112 @@ class FinalizeRun(beam.PTransform):
 
 
 def finalize_run(
-    _, *, info: RunInfo, shards: list[str], rows_in: int, rows_skipped: int, row_stats: list[dict]
+    _, *, info: RunInfo, shards: list[tuple[str, int]], rows_in: int, rows_skipped: int, row_stats: list[dict]
 ) -> dict:
-    """Reconciles the counts, publishes the staged shards if every row is there, writes `_SUCCESS`; returns it."""
-    row_stats = merge_stats(row_stats)
-    staged = sorted(shards) or [
-        write_empty_file(staging_prefix(info.output, info.run_id) + "-empty.parquet", info.schema)
-    ]
-    rows_written = count_rows(staged)
-    problems = reconcile(rows_in=rows_in, rows_skipped=rows_skipped, rows_sent=row_stats["rows"], written=rows_written)
-    if not problems and not info.overwrite and publish.final_shards(info.output):
-        problems.append(f"another run published shards at {info.output} while this one ran (--overwrite replaces)")
-    published = [] if problems else publish.publish(staged, info.output, run_id=info.run_id, replace=info.overwrite)
-    snapshot = None
-    if published and info.iceberg is not None:
-        try:
-            snapshot = info.iceberg.commit(published, info.schema, info.run_id)
-        except Exception as exc:  # noqa: BLE001 - the run's shards stay published; the failure is the run's status
-            problems.append(f"commit to Iceberg table {info.iceberg.table} failed: {type(exc).__name__}: {exc}")
-    failed = row_stats["status_counts"][STATUS_ERROR]
-    if rows_written and failed / rows_written > info.max_error_fraction:
+    """Decides (or finds what an earlier attempt decided), carries it out, writes `_SUCCESS`; returns that record."""
+    intent = publish.read_record(intent_path(info.output, info.run_id))
+    if intent is None:
+        done = publish.read_success(info.output)
+        if done is not None and done.get("run_id") == info.run_id:  # an earlier attempt finished
+            publish.remove_staging(info.output, info.run_id)
+            return done
+        staged = sorted((str(path), int(rows)) for path, rows in shards)
+        intent = decide(info, staged, rows_in=rows_in, rows_skipped=rows_skipped, stats=merge_stats(row_stats))
+        publish.write_record(intent_path(info.output, info.run_id), intent, scratch=_scratch(info))
+    return carry_out(info, intent)
+
+
+def resume(info: RunInfo) -> dict | None:
+    """Finishes what an attempt that failed had decided (its intent), as a retry would; None if it decided nothing.
+    For runners that do not retry a failed step (the local one): the launcher calls it."""
+    intent = publish.read_record(intent_path(info.output, info.run_id))
+    return None if intent is None else carry_out(info, intent)
+
+
+def decide(info: RunInfo, staged: list[tuple[str, int]], *, rows_in: int, rows_skipped: int, stats: dict) -> dict:
+    """The publish intent: whether to publish, every move (staged file -> shard, or -> `_failed-RUNID/`) with its
+    row count, and the `_SUCCESS` record, from the step's inputs and what is in storage now."""
+    written = sum(rows for _, rows in staged)
+    problems = reconcile(rows_in=rows_in, rows_skipped=rows_skipped, rows_sent=stats["rows"], written=written)
+    targets = shard_names(info.output, max(1, len(staged)))
+    kept = failed_folder(info.output, info.run_id)
+    keep_at = [FileSystems.join(kept, FileSystems.split(path)[1]) for path, _ in staged]
+    present = publish.existing([*(path for path, _ in staged), *targets, *keep_at])
+    gone = {path for (path, _), *ends in zip(staged, targets, keep_at) if not present.intersection([path, *ends])}
+    if gone:
         problems.append(
-            f"{failed / rows_written:.1%} of inputs failed, over --max-error-fraction {info.max_error_fraction:g}"
+            f"{len(gone)} of the run's {len(staged)} staged files are gone (removed by another run at this prefix?), "
+            f"e.g. {min(gone)}"
         )
+    if not problems and not info.overwrite and set(publish.final_shards(info.output)) - set(targets):
+        problems.append(f"another run published shards at {info.output} while this one ran (--overwrite replaces)")
+    publishing = not problems
+    if publishing:
+        if not staged:  # a run over an empty input still publishes one (empty) shard
+            staged = [(write_empty_file(staging_prefix(info.output, info.run_id) + "-empty.parquet", info.schema), 0)]
+        moves = [(path, target, rows) for (path, rows), target in zip(staged, targets)]
+    else:
+        moves = [(path, keep, rows) for (path, rows), keep in zip(staged, keep_at) if path not in gone]
+    failed = stats["status_counts"][STATUS_ERROR]
+    if written and failed / written > info.max_error_fraction:
+        limit = info.max_error_fraction
+        problems.append(f"{failed / written:.1%} of inputs failed, over --max-error-fraction {limit:g}")
     finished_at = datetime.datetime.now(datetime.timezone.utc)
     seconds = (finished_at - info.started_at).total_seconds()
     record = {
         "status": STATUS_FAILED if problems else STATUS_OK,
         "problems": problems,
-        "published": bool(published),
+        "published": publishing,
         "run_id": info.run_id,
         "started_at": info.started_at.isoformat(),
         "finished_at": finished_at.isoformat(),
         "rows_in": rows_in,
-        "rows": rows_written,
+        "rows": written,
         "rows_skipped": rows_skipped,
-        "status_counts": row_stats["status_counts"],
-        "errors_by_type": row_stats["errors_by_type"],
-        "top_labels": row_stats["top_labels"],
-        "images_per_second": round(rows_written / seconds, 2) if seconds > 0 else None,
+        "status_counts": stats["status_counts"],
+        "errors_by_type": stats["errors_by_type"],
+        "top_labels": [list(pair) for pair in stats["top_labels"]],  # as JSON has them
+        "images_per_second": round(written / seconds, 2) if seconds > 0 else None,
         "model": info.model_id,
         "model_spec": info.model_spec,
         "model_revision": info.model_revision,
         "backend": info.backend,
         "output_prefix": info.output,
-        "shards": published,
-        "iceberg": {"table": info.iceberg.table, "snapshot_id": snapshot} if info.iceberg else None,
+        "shards": targets if publishing else [],
+        "failed_folder": kept if moves and not publishing else None,
+        "iceberg": {"table": info.iceberg.table, "snapshot_id": None} if info.iceberg else None,
     }
-    publish.write_success(info.output, record)
+    return {
+        "run_id": info.run_id,
+        "publish": publishing,
+        "moves": [{"from": path, "to": target, "rows": rows} for path, target, rows in moves],
+        "record": record,
+    }
+
+
+def carry_out(info: RunInfo, intent: dict) -> dict:
+    """Moves the staged files as the intent says, commits to Iceberg, writes `_SUCCESS` and removes the staging
+    folder; each step is safe to repeat (see publish.py and iceberg.py). Returns the `_SUCCESS` record."""
+    publish.move([(m["from"], m["to"]) for m in intent["moves"]])
+    record = dict(intent["record"])
+    if intent["publish"]:
+        publish.remove_replaced(info.output, info.run_id, keep=record["shards"], replace=info.overwrite)
+        if info.iceberg is not None:
+            try:
+                snapshot = info.iceberg.commit(record["shards"], info.schema, info.run_id)
+            except Exception as exc:  # noqa: BLE001 - the run's shards stay published; the failure is the run's status
+                problem = f"commit to Iceberg table {info.iceberg.table} failed: {type(exc).__name__}: {exc}"
+                record.update(status=STATUS_FAILED, problems=[*record["problems"], problem])
+            else:
+                record["iceberg"] = {"table": info.iceberg.table, "snapshot_id": snapshot}
+    publish.write_success(info.output, record, scratch=_scratch(info))
     publish.remove_staging(info.output, info.run_id)
     return record
+
+
+def _scratch(info: RunInfo) -> str:
+    """Where records are written before being renamed into place: the run's staging folder (removed last)."""
+    return staging_folder(info.output, info.run_id)
 
 
 def merge_stats(stats: list[dict]) -> dict:
@@ -183,12 +245,3 @@ def reconcile(*, rows_in: int, rows_skipped: int, rows_sent: int, written: int) 
     if rows_sent != written:
         problems.append(f"the sink was sent {rows_sent} rows but its shards hold {written}")
     return problems
-
-
-def count_rows(shards: list[str]) -> int:
-    """Rows in the final shards, from their Parquet footers only."""
-    total = 0
-    for path in shards:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total

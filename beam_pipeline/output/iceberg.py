@@ -1,14 +1,18 @@
 """Commits a run's published Parquet shards to an Apache Iceberg table with pyiceberg, in one snapshot per run.
 
-The shards are added as they are (`Table.add_files`: no rewrite); the table is created from the output schema on
-first use and gains new manifest columns by name. The snapshot carries the run id, so a final step that runs again
-after a retry finds its snapshot and adds nothing twice. Needs the `iceberg` extra (pyiceberg).
+The shards are added as they are (`add_files`: no rewrite), in one transaction with the schema change: the table is
+created from the output schema on first use and gains new manifest columns by name. The snapshot carries the run id,
+so a final step that runs again after a retry finds its snapshot and adds nothing twice. A commit that conflicts with
+another writer's (pyiceberg's CommitFailedException) is retried on the refreshed table, after looking for the run's
+snapshot again, as often as the table's `commit.retry.*` properties say. Needs the `iceberg` extra (pyiceberg).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import random
+import time
 
 import pyarrow as pa
 from fsspec.core import split_protocol
@@ -46,17 +50,35 @@ class IcebergTarget:
 
     def commit(self, files: list[str], schema: pa.Schema, run_id: str) -> int:
         """Adds `files` in one snapshot tagged with `run_id` (once); returns that snapshot's id."""
+        from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException, NoSuchTableError
+
         catalog = self.load_catalog()
         namespace = self.table.rsplit(".", 1)[0]
-        catalog.create_namespace_if_not_exists(namespace)
-        table = catalog.create_table_if_not_exists(self.table, schema=schema)
-        committed = _snapshot_of_run(table, run_id)
-        if committed is not None:
-            return committed
-        with table.update_schema() as update:
-            update.union_by_name(schema)
-        table.add_files([_absolute(f) for f in files], snapshot_properties={RUN_ID_PROPERTY: run_id})
-        return table.current_snapshot().snapshot_id
+        try:
+            catalog.create_namespace_if_not_exists(namespace)
+        except Exception:  # noqa: BLE001 - SQL catalogs raise IntegrityError when another run created it meanwhile
+            if not catalog.namespace_exists(namespace):
+                raise
+        try:
+            table = catalog.load_table(self.table)
+        except NoSuchTableError:  # first use (create_table_if_not_exists alone would write a metadata file each time)
+            table = catalog.create_table_if_not_exists(self.table, schema=schema)
+        retries, wait_ms, max_wait_ms = _retry_settings(table)
+        attempt = 0
+        while (committed := _snapshot_of_run(table, run_id)) is None:
+            try:
+                _append(table, [_absolute(f) for f in files], schema, run_id)
+            except CommitFailedException:  # another writer committed first: try again on top of its snapshot
+                if attempt >= retries:
+                    raise
+                time.sleep(min(wait_ms * 2**attempt, max_wait_ms) * random.uniform(1.0, 1.1) / 1000)
+                attempt += 1
+                table = catalog.load_table(self.table)
+            except CommitStateUnknownException:  # it may have landed: the run's snapshot says
+                table = catalog.load_table(self.table)
+                if _snapshot_of_run(table, run_id) is None:
+                    raise
+        return committed
 
 
 def parse_catalog(value: str) -> tuple[str, dict[str, str]]:
@@ -70,6 +92,41 @@ def parse_catalog(value: str) -> tuple[str, dict[str, str]]:
             raise IcebergError(f"expected key=value,key=value catalog properties, got {item!r}")
         properties[key.strip()] = val.strip()
     return "default", properties
+
+
+def _append(table, files: list[str], schema: pa.Schema, run_id: str) -> None:
+    """One try at the commit: the schema's new columns and the files, in one snapshot tagged with the run id.
+
+    pyiceberg would retry a conflicting commit itself, re-applied to the refreshed table without looking for the
+    run's snapshot: measured, two attempts of one final step committing at once then add two snapshots with the
+    same run id. Its own loop is therefore given one try, in this process's copy of the table metadata only (a
+    property reaches the catalog only as an update, and this is none), and commit() retries instead.
+    """
+    from pyiceberg.table import TableProperties
+
+    properties = {**table.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
+    table.metadata = table.metadata.model_copy(update={"properties": properties})
+    with table.transaction() as transaction:
+        with transaction.update_schema() as update:
+            update.union_by_name(schema)
+        transaction.add_files(files, snapshot_properties={RUN_ID_PROPERTY: run_id})
+
+
+def _retry_settings(table) -> tuple[int, int, int]:
+    """The table's commit.retry.num-retries, min-wait-ms and max-wait-ms (pyiceberg's defaults where unset)."""
+    from pyiceberg.table import TableProperties
+    from pyiceberg.utils.properties import property_as_int
+
+    properties = table.metadata.properties
+    return (
+        property_as_int(properties, TableProperties.COMMIT_NUM_RETRIES, TableProperties.COMMIT_NUM_RETRIES_DEFAULT),
+        property_as_int(
+            properties, TableProperties.COMMIT_MIN_RETRY_WAIT_MS, TableProperties.COMMIT_MIN_RETRY_WAIT_MS_DEFAULT
+        ),
+        property_as_int(
+            properties, TableProperties.COMMIT_MAX_RETRY_WAIT_MS, TableProperties.COMMIT_MAX_RETRY_WAIT_MS_DEFAULT
+        ),
+    )
 
 
 def _snapshot_of_run(table, run_id: str) -> int | None:

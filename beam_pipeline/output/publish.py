@@ -1,15 +1,24 @@
-"""Publishing a run's output: its final shards, the staged shards renamed into place, and the `_SUCCESS` record.
+"""Publishing a run's output through Beam's filesystems: its final shards, moving staged files to where they go, the
+clean-up around them, and the run's JSON records (`_SUCCESS`, the publish intent).
 
 Beam's own sink would delete any `PREFIX-*-of-NNNNN` file at the destination, including another prefix's shards,
-before the run has succeeded; shards are therefore staged (see `beam_pipeline.layout`) and renamed here only when
+before the run has succeeded; shards are therefore staged (see `beam_pipeline.layout`) and moved here only when
 every row is accounted for.
+
+Every function here is safe to repeat after it was cut short, and to run beside another attempt of the same final
+step (Dataflow retries a failed work item, and a worker presumed lost may still be running): a move that is already
+done is skipped, a file already deleted is not an error. Object stores have no atomic folder rename and Beam's
+filesystems no conditional create (a GCS rename is a copy, then a delete), so nothing relies on either; every write
+is idempotent instead, and each record is written whole under a temporary name, then renamed into place.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterable
 
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.layout import (
@@ -17,11 +26,14 @@ from beam_pipeline.layout import (
     STAGING_FOLDER,
     folder_of,
     is_shard_of,
-    shard_names,
     shard_prefix,
     staging_folder,
     success_path,
 )
+
+
+class PublishError(Exception):
+    """A staged file is neither where it was nor where it was to be moved."""
 
 
 def final_shards(prefix: str) -> list[str]:
@@ -32,39 +44,76 @@ def final_shards(prefix: str) -> list[str]:
 
 
 def other_prefixes(prefix: str) -> list[str]:
-    """Other output prefixes whose shards or _SUCCESS share PREFIX's folder (a folder holds one prefix's output)."""
+    """Other output prefixes whose shards or _SUCCESS share PREFIX's folder (a folder holds one prefix's output).
+
+    The `_SUCCESS` record found is the one in PREFIX's folder, so its prefix is resolved against that folder: only
+    its name can differ from PREFIX's (a run that spelt the folder `n/`, `./n/` or `/abs/n/` wrote the same one).
+    """
     folder, name = FileSystems.split(prefix)
     pattern = FileSystems.join(folder, f"*-*-of-*{SHARD_SUFFIX}")
     names = {FileSystems.split(m.path)[1] for r in FileSystems.match([pattern]) for m in r.metadata_list}
     found = {shard_prefix(n) for n in names} - {name, None}
     success = read_success(prefix)
-    if success and success.get("output_prefix") not in (None, prefix):
-        found.add(FileSystems.split(success["output_prefix"])[1])
+    if success and success.get("output_prefix"):
+        found |= {FileSystems.split(success["output_prefix"])[1]} - {name}
     return sorted(found)
 
 
-def publish(staged: list[str], prefix: str, *, run_id: str, replace: bool) -> list[str]:
-    """Renames staged files (in sorted order) to PREFIX-SSSSS-of-NNNNN.parquet and returns the new names.
+def existing(paths: Iterable[str]) -> set[str]:
+    """Which of `paths` exist, from one listing per folder (not a request per file)."""
+    by_folder: dict[str, set[str]] = {}
+    for path in paths:
+        by_folder.setdefault(FileSystems.split(path)[0], set()).add(path)
+    found = set()
+    for folder, wanted in by_folder.items():
+        listed = {m.path for r in FileSystems.match([FileSystems.join(folder, "*")]) for m in r.metadata_list}
+        found |= wanted & listed
+    return found
 
-    Then removes the staging folders of runs that started before this one (left by killed runs; a run still going
-    finds its files gone and fails instead of publishing), and with `replace` PREFIX's other shards and every other
-    staging folder. Safe to repeat after a partial attempt: a file already moved is skipped.
+
+def move(pairs: list[tuple[str, str]]) -> None:
+    """Renames each (source, destination) pair that is not moved yet: safe to repeat, and beside another attempt.
+
+    A pair is moved once its source is gone and its destination exists; a source that still exists is renamed
+    again (on GCS a rename that stopped between its copy and its delete leaves both). Raises PublishError when a
+    file is at neither end.
     """
-    staged = sorted(staged)
-    final = shard_names(prefix, len(staged))
-    pending = [(src, dst) for src, dst in zip(staged, final) if FileSystems.exists(src) or not FileSystems.exists(dst)]
+    if not pairs:
+        return
+    present = existing(src for src, _ in pairs)
+    pending = [(src, dst) for src, dst in pairs if src in present]
+    failure = None
     if pending:
-        FileSystems.rename([src for src, _ in pending], [dst for _, dst in pending])
-    folder = folder_of(prefix)
+        for folder in {FileSystems.split(dst)[0] for _, dst in pending}:
+            _mkdirs(folder)
+        try:
+            FileSystems.rename([src for src, _ in pending], [dst for _, dst in pending])
+        except BeamIOError as exc:  # another attempt may have moved some of them first: checked below
+            failure = exc
+    present = existing(p for pair in pairs for p in pair)
+    unfinished = [(src, dst) for src, dst in pairs if src in present or dst not in present]
+    if unfinished:
+        src, dst = unfinished[0]
+        where = "still at its source" if src in present else "at neither its source nor its destination"
+        message = f"{len(unfinished)} of {len(pairs)} files not moved, e.g. {src} -> {dst} ({where})"
+        raise PublishError(message) from failure
+
+
+def remove_replaced(prefix: str, run_id: str, *, keep: list[str], replace: bool) -> None:
+    """After publishing: removes the staging folders of runs that started before this one (left by killed runs; a
+    run still going finds its files gone and fails instead of publishing), and with `replace` PREFIX's shards other
+    than `keep` and every other staging folder."""
     own = staging_folder(prefix, run_id)
-    for staging in _staging_folders(folder):
+    for staging in _staging_folders(folder_of(prefix)):
         if staging != own and (replace or staging < own):  # run ids sort by start time
             _delete_folder(staging)
     if replace:
-        stale = sorted(set(final_shards(prefix)) - set(final))
-        if stale:
-            FileSystems.delete(stale)
-    return final
+        _delete(sorted(set(final_shards(prefix)) - set(keep)))
+
+
+def remove_staging(prefix: str, run_id: str) -> None:
+    """Deletes this run's staging folder (what is left of it after publishing, or all of it after a failure)."""
+    _delete_folder(staging_folder(prefix, run_id))
 
 
 def _staging_folders(folder: str) -> set[str]:
@@ -75,30 +124,66 @@ def _staging_folders(folder: str) -> set[str]:
 
 def _delete_folder(path: str) -> None:
     """Deletes a (flat) folder's files, then the folder itself where the filesystem has folders."""
-    files = [m.path for m in FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list]
-    if files:
-        FileSystems.delete(files)
+    _delete([m.path for m in FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list])
     if FileSystems.exists(path):
-        FileSystems.delete([path])
+        _delete([path])
 
 
-def remove_staging(prefix: str, run_id: str) -> None:
-    """Deletes this run's staging folder (what is left of it after publishing, or all of it after a failure)."""
-    _delete_folder(staging_folder(prefix, run_id))
+def _delete(paths: list[str]) -> None:
+    """Deletes files; one that another attempt deleted first is not an error (Beam's local filesystem says it is)."""
+    if not paths:
+        return
+    try:
+        FileSystems.delete(paths)
+    except BeamIOError:
+        left = existing(paths)
+        if left:
+            raise
 
 
-def write_success(prefix: str, summary: dict) -> str:
+def _mkdirs(folder: str) -> None:
+    """The destination folder, where the filesystem has folders (local renames need it; object stores have none)."""
+    if not FileSystems.exists(folder):
+        try:
+            FileSystems.mkdirs(folder)
+        except OSError:  # made meanwhile by another attempt; a rename into a folder still missing fails in move()
+            pass
+
+
+def write_record(path: str, record: dict, *, scratch: str) -> None:
+    """Writes a JSON record whole: to a unique name in the folder `scratch`, then renamed to `path`, so that no
+    reader (nor a concurrent attempt) sees half of it. Identical records are identical bytes (sorted keys)."""
+    temporary = FileSystems.join(scratch, f"_record-{uuid.uuid4().hex}.tmp")
+    with FileSystems.create(temporary) as f:
+        f.write(json.dumps(record, indent=2, sort_keys=True).encode())
+    try:
+        FileSystems.rename([temporary], [path])
+    except BeamIOError:
+        # Another attempt that had written its own record cleaned `scratch` up, this file with it.
+        if existing([temporary]) or not FileSystems.exists(path):
+            raise
+
+
+def read_record(path: str) -> dict | None:
+    """A JSON record, or None when there is none."""
+    if not FileSystems.exists(path):
+        return None
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            return json.loads(f.read())
+    except Exception:  # noqa: BLE001 - each filesystem has its own not-found error; existence tells them apart
+        if FileSystems.exists(path):
+            raise
+        return None  # deleted meanwhile by another attempt of the final step
+
+
+def write_success(prefix: str, summary: dict, *, scratch: str) -> str:
     """Writes _SUCCESS (a JSON summary) beside the shards, last, so schedulers can wait for it."""
     path = success_path(prefix)
-    with FileSystems.create(path) as f:
-        f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
+    write_record(path, summary, scratch=scratch)
     return path
 
 
 def read_success(prefix: str) -> dict | None:
     """The `_SUCCESS` record beside the shards at `prefix`, or None when there is none."""
-    path = success_path(prefix)
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return json.loads(f.read())
+    return read_record(success_path(prefix))
