@@ -14,8 +14,12 @@ setup(
         # The CPU build is enough for MobileNetV3 on Dataflow's CPU workers; elsewhere the full wheel.
         "tensorflow-cpu>=2.16,<2.22; platform_system == 'Linux' and platform_machine == 'x86_64'",
         "tensorflow>=2.16,<2.22; platform_system != 'Linux' or platform_machine != 'x86_64'",
+        # The default runtime for SavedModels (--backend openvino); TensorFlow above stays for --backend tensorflow
+        # and TF Hub handles, and is imported only by them.
+        "openvino>=2025.0,<2027",
         "huggingface_hub>=0.23,<3",
         "pillow>=10,<13",
+        "simplejpeg>=1.9,<2",  # JPEGs decoded by libjpeg-turbo in one call (decode/preprocess.py); wheels bundle it
         "fsspec[http]>=2024.3",  # http(s) reads need aiohttp, which beam_pipeline.reading also uses directly
         # gs:// inputs and models: Dataflow's --setup_file installs these requirements on workers, never an extra.
         "gcsfs>=2024.3",
@@ -28,8 +32,8 @@ setup(
         "gcp": ["apache-beam[gcp]>=2.60,<3", "build>=1"],  # DataflowRunner; build makes the --setup_file sdist
         # s3:// inputs and models (s3fs) and outputs (Beam's own S3 filesystem needs boto3).
         "s3": ["s3fs>=2024.3", "apache-beam[aws]>=2.60,<3"],
-        # --backend openvino: the same SavedModels on Intel's OpenVINO runtime, without TensorFlow.
-        "openvino": ["openvino>=2025.0,<2027"],
+        # Kept so that existing `pip install '.[openvino]'` commands still work: openvino is now a core dependency.
+        "openvino": [],
         # --backend litert: .tflite files on Google's LiteRT runtime, without TensorFlow.
         "litert": ["ai-edge-litert>=2.0,<3"],
         # run_local.sh takes its sample photos from these packages.
@@ -61,7 +65,6 @@ setup(
             "pyiceberg[sql-sqlite]>=0.9,<1",  # the two-night warehouse test commits to a local Iceberg table
             "hypothesis>=6",  # property-style tests of the one-row-per-input invariant
             "ai-edge-litert>=2.0,<3",
-            "openvino>=2025.0,<2027",
         ],
     },
     entry_points={

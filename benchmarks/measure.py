@@ -43,8 +43,8 @@ class Measured:
             raise SystemExit(f"{what} failed with exit code {self.returncode}:\n{tail}")
 
 
-def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> Measured:
-    """Runs `command` from the repository root under a fresh wrapper process; returns its figures and output."""
+def run_measured(command: Sequence[str], env: dict[str, str] | None = None, cwd: Path = REPO_ROOT) -> Measured:
+    """Runs `command` from `cwd` (the repository root) under a fresh wrapper process; returns its figures and output."""
     with tempfile.TemporaryDirectory(prefix="bench-measure-") as tmp:
         report = Path(tmp) / "report.json"
         done = subprocess.run(
@@ -52,7 +52,7 @@ def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> M
             capture_output=True,
             text=True,
             env=env,
-            cwd=REPO_ROOT,
+            cwd=cwd,
             check=False,
         )
         failed = {"wall_s": math.nan, "cpu_s": math.nan, "maxrss_kib": 0}

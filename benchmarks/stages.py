@@ -108,25 +108,33 @@ def measure_decode(files: Sequence[Path], size: tuple[int, int], defaults: JobDe
 # Subprocess measurements
 
 
-def _subprocess_env() -> dict[str, str]:
+def subprocess_env(repo: Path = REPO_ROOT) -> dict[str, str]:
+    """The environment of a measured subprocess: beam_pipeline imported from `repo`'s checkout."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)
     return env
 
 
 def measure_end_to_end(
-    corpus: Path, n: int, model: str, labels: str, job_args: Sequence[str], backend: str | None = None
+    corpus: Path,
+    n: int,
+    model: str,
+    labels: str,
+    job_args: Sequence[str],
+    backend: str | None = None,
+    repo: Path = REPO_ROOT,
 ) -> dict[str, Any]:
     """(c) `python -m beam_pipeline` with its defaults: N / wall time of the whole command, and what it prints.
 
     `corpus` may be a folder or a single image (the start-up measurement). The result's "top1" maps each image's
-    file name to the class id the job put first.
+    file name to the class id the job put first. `repo` is the checkout whose job runs (e.g. another branch's, for a
+    before/after comparison in one run).
     """
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as out:
         command = [sys.executable, "-m", "beam_pipeline", "--input", str(corpus), "--output", f"{out}/labels"]
         command += ["--model", model, "--labels", labels, *(["--backend", backend] if backend else []), *job_args]
-        run = run_measured(command, _subprocess_env())
+        run = run_measured(command, subprocess_env(repo), cwd=repo)
         run.check("the job")
         top1 = read_top1(Path(out))
     printed = SUMMARY_RE.search(run.stdout)
@@ -163,7 +171,7 @@ def measure_naive(corpus: Path, n: int, model: str, beam_args: Sequence[str]) ->
     with tempfile.TemporaryDirectory(prefix="bench-naive-") as out:
         command = [sys.executable, str(NAIVE_BASELINE)]
         command += ["--input-dir", str(corpus), "--output", f"{out}/naive", "--model", model, *beam_args]
-        run = run_measured(command, _subprocess_env())
+        run = run_measured(command, subprocess_env())
     run.check("the naive baseline")
     printed = re.search(r"naive: (\d+) images in ([\d.]+) s", run.stdout)
     runner = re.search(r"naive runner: (.*)", run.stdout)

@@ -56,17 +56,11 @@ def _job_with_importtime(tmp_path, *args, env: dict[str, str] | None = None) -> 
     return _imported(result.stderr), read_output(prefix).to_pylist()
 
 
-def test_openvino_job_from_the_hub_never_imports_tensorflow(tmp_path, hf_cache, labels_file, shared):
-    """The whole job (launch check, Beam, workers) on a Hugging Face SavedModel: no TensorFlow, Keras or matplotlib."""
+def test_default_job_from_the_hub_never_imports_tensorflow(tmp_path, hf_cache, labels_file, shared):
+    """The whole default job (launch check, Beam, workers) on a Hugging Face SavedModel runs on openvino: no
+    TensorFlow, Keras or matplotlib."""
     imported, rows = _job_with_importtime(
-        tmp_path,
-        "--input",
-        shared / "images" / "photos",
-        "--labels",
-        labels_file,
-        "--backend",
-        "openvino",
-        env=hf_cache,
+        tmp_path, "--input", shared / "images" / "photos", "--labels", labels_file, env=hf_cache
     )
     assert "openvino" in imported and not imported & set(HEAVY), sorted(imported & set(HEAVY))
     assert len(rows) == 5 and {r["status"] for r in rows} == {"ok"}
@@ -212,26 +206,33 @@ def test_a_backend_that_cannot_read_the_model_fails_at_launch(
     assert message.endswith(f"error: argument --backend: {words}"), message
 
 
-@pytest.mark.parametrize(
-    "backend,module,model_fixture",
-    [("openvino", "openvino", "float_model"), ("litert", "ai_edge_litert", "tflite_model")],
-)
-def test_a_missing_extra_is_one_line_naming_backend(
-    tmp_path, request, monkeypatch, backend, module, model_fixture, labels_file, capsys
-):
+def test_a_missing_extra_is_one_line_naming_backend(tmp_path, monkeypatch, tflite_model, labels_file, capsys):
     """As if the extra were not installed: importlib finds no module whose sys.modules entry is None."""
-    monkeypatch.setitem(sys.modules, module, None)
-    model = request.getfixturevalue(model_fixture)
-    message = _launch_error(capsys, PHOTOS, tmp_path / "o", model, labels_file, "--backend", backend)
-    expected = f"argument --backend: {backend} is not installed: pip install 'beam-image-labeller[{backend}]'"
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    message = _launch_error(capsys, PHOTOS, tmp_path / "o", tflite_model, labels_file, "--backend", "litert")
+    expected = "argument --backend: litert is not installed: pip install 'beam-image-labeller[litert]'"
     assert message.endswith(expected), message
 
 
-def test_a_worker_without_the_runtime_says_which_extra_it_needs(monkeypatch, float_model):
-    """The ModelRef pickled to a worker names its backend; a worker lacking that runtime says so when it loads."""
-    ref = resolve.resolve(float_model, "openvino")
+def test_a_missing_default_runtime_is_one_line_suggesting_tensorflow(
+    tmp_path, monkeypatch, float_model, labels_file, capsys
+):
+    """openvino is a core dependency, the default for SavedModels: missing (an install without dependencies), the
+    launch says so and names the other runtime that reads SavedModels."""
     monkeypatch.setitem(sys.modules, "openvino", None)
-    expected = r"--backend openvino is not installed: pip install 'beam-image-labeller\[openvino\]'"
+    message = _launch_error(capsys, PHOTOS, tmp_path / "o", float_model, labels_file)
+    expected = (
+        "argument --backend: openvino is not installed: it is a dependency of beam-image-labeller: "
+        "pip install beam-image-labeller (or --backend tensorflow)"
+    )
+    assert message.endswith(expected), message
+
+
+def test_a_worker_without_the_runtime_says_which_extra_it_needs(monkeypatch, tflite_model):
+    """The ModelRef pickled to a worker names its backend; a worker lacking that runtime says so when it loads."""
+    ref = resolve.resolve(tflite_model, "litert")
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    expected = r"--backend litert is not installed: pip install 'beam-image-labeller\[litert\]'"
     with pytest.raises(resolve.ModelError, match=expected):
         load.load(ref, num_threads=1)
 

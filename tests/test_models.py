@@ -18,7 +18,8 @@ PHOTOS = shared_dir() / "images" / "photos"  # an --input that exists and holds 
 
 
 def test_tfhub_handle_from_a_prepopulated_cache(tmp_path, float_model, labels_file, shared):
-    """tensorflow_hub resolves a handle to $TFHUB_CACHE_DIR/sha1(handle) without the network when it is there."""
+    """tensorflow_hub resolves a handle to $TFHUB_CACHE_DIR/sha1(handle) without the network when it is there (in
+    the job's own process on the tensorflow backend; test_backends covers the child process openvino uses)."""
     cache = tmp_path / "tfhub"
     shutil.copytree(float_model, cache / hashlib.sha1(TFHUB_HANDLE.encode()).hexdigest())
     prefix = tmp_path / "out" / "labels"
@@ -31,6 +32,8 @@ def test_tfhub_handle_from_a_prepopulated_cache(tmp_path, float_model, labels_fi
         TFHUB_HANDLE,
         "--labels",
         labels_file,
+        "--backend",
+        "tensorflow",
         env={"TFHUB_CACHE_DIR": str(cache)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -40,7 +43,8 @@ def test_tfhub_handle_from_a_prepopulated_cache(tmp_path, float_model, labels_fi
 
 
 def test_savedmodel_on_another_filesystem_is_copied_and_loaded(tmp_path, float_model, labels_file, shared):
-    """A SavedModel on any fsspec filesystem (here memory://, as gs:// would be) is fetched to local disk first."""
+    """A SavedModel on any fsspec filesystem (here memory://, as gs:// would be) is fetched to local disk first, and
+    loaded by TensorFlow (test_backends runs the same on the default, openvino)."""
     fs = fsspec.filesystem("memory")
     fs.put(f"{float_model}/", "/models/mnv3/", recursive=True)
     prefix = tmp_path / "out" / "labels"
@@ -55,6 +59,8 @@ def test_savedmodel_on_another_filesystem_is_copied_and_loaded(tmp_path, float_m
                 "memory://models/mnv3",
                 "--labels",
                 labels_file,
+                "--backend",
+                "tensorflow",
             )
             == 0
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import uuid
 
@@ -13,7 +14,7 @@ from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES, ReadPolicy
 from beam_pipeline.inputs import checks, incremental
 from beam_pipeline.inputs.specs import InputError, InputSpec
 from beam_pipeline.model import labels, load, resolve
-from beam_pipeline.model.ref import ModelError, ModelRef
+from beam_pipeline.model.ref import DEFAULT_PRECISION, ModelError, ModelRef, PrecisionError
 from beam_pipeline.model.resolve import BackendError
 from beam_pipeline.output import publish
 from beam_pipeline.output.iceberg import IcebergError, IcebergTarget
@@ -57,10 +58,13 @@ def prepare(
     except incremental.EarlierOutputError as exc:
         raise LaunchError("--skip-labelled", str(exc)) from exc
     try:
-        model_ref = resolve.resolve(flags.model, flags.backend)
-        classifier = load.load(model_ref)
+        model_ref = resolve.resolve(flags.model, flags.backend, flags.precision)
+        # Remote workers' CPUs are not this machine's: whether they run the precision is checked where they load it.
+        classifier = load.load(model_ref if local else dataclasses.replace(model_ref, precision=DEFAULT_PRECISION))
     except BackendError as exc:
         raise LaunchError("--backend", str(exc)) from exc
+    except PrecisionError as exc:
+        raise LaunchError("--precision", str(exc)) from exc
     except ModelError as exc:
         raise LaunchError("--model", str(exc)) from exc
     try:

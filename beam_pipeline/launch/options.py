@@ -16,6 +16,7 @@ from beam_pipeline.decode.reading import (
     DEFAULT_READ_TIMEOUT,
 )
 from beam_pipeline.model.labels import DEFAULT_LABELS_URL
+from beam_pipeline.model.ref import DEFAULT_PRECISION, PRECISIONS
 from beam_pipeline.model.resolve import BACKENDS
 
 # Pinned to a commit, so that a new upload to the repo cannot change every run's labels (README, "Models", says
@@ -117,9 +118,15 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--backend",
         choices=BACKENDS,
-        help="Runtime for the model: tensorflow, openvino (SavedModels, without TensorFlow; the [openvino] extra) or "
-        "litert (.tflite files, without TensorFlow; the [litert] extra). Default: litert for .tflite files, "
-        "else tensorflow.",
+        help="Runtime for the model: openvino (SavedModels, without TensorFlow), tensorflow, or litert (.tflite "
+        "files, without TensorFlow; the [litert] extra). Default: litert for .tflite files, else openvino.",
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help="Arithmetic of the model on --backend openvino: f32 (exact: TensorFlow's labels) or bf16 (bfloat16, "
+        "faster, on CPUs with AMX or AVX512_BF16; it moves a few labels) (default: f32).",
     )
     group.add_argument(
         "--model-staging",

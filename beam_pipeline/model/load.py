@@ -55,7 +55,7 @@ def _load(ref: ModelRef, num_threads: int | None) -> Classifier:
             if ref.backend == "openvino":
                 from beam_pipeline.model.backends.openvino import OpenVINOClassifier
 
-                return OpenVINOClassifier(folder, num_threads=num_threads)
+                return OpenVINOClassifier(folder, num_threads=num_threads, precision=ref.precision)
             from beam_pipeline.model.backends.tensorflow import SavedModelClassifier
 
             return SavedModelClassifier(folder, num_threads=num_threads)

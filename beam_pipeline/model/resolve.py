@@ -8,7 +8,7 @@ from pathlib import Path
 
 import fsspec
 
-from beam_pipeline.model.ref import DEFAULT_BACKEND, HF_SPEC, ModelError, ModelRef
+from beam_pipeline.model.ref import DEFAULT_BACKEND, DEFAULT_PRECISION, HF_SPEC, ModelError, ModelRef, PrecisionError
 from beam_pipeline.model.source import hf_snapshot
 
 HF_SCHEME = "hf://"
@@ -16,11 +16,14 @@ TFHUB_HOSTS = ("tfhub.dev", "www.kaggle.com", "kaggle.com")
 
 BACKENDS = ("tensorflow", "openvino", "litert")
 DEFAULT_TFLITE_BACKEND = "litert"
-# The module each backend imports, and the setup.py extra that installs it (tensorflow is a core dependency).
+# The module each backend imports, and the setup.py extra that installs it (tensorflow and openvino are core
+# dependencies).
 _BACKEND_MODULE = {"tensorflow": "tensorflow", "openvino": "openvino", "litert": "ai_edge_litert"}
-_BACKEND_EXTRA = {"openvino": "openvino", "litert": "litert"}
+_BACKEND_EXTRA = {"litert": "litert"}
 # What each backend can read, by ModelRef.kind ("savedmodel" covers huggingface and tfhub too).
 _BACKEND_FORMATS = {"tensorflow": {"savedmodel", "tflite"}, "openvino": {"savedmodel"}, "litert": {"tflite"}}
+# What the error for a default backend that is not installed suggests instead: TensorFlow runs either format.
+_FALLBACK_NOTE = {"tflite": " for TensorFlow's deprecated TFLite interpreter", "savedmodel": ""}
 
 
 class BackendError(Exception):
@@ -47,7 +50,7 @@ def kind_of(spec: str) -> str:
 
 
 def choose_backend(requested: str | None, kind: str) -> str:
-    """The runtime for a model of this kind: `requested`, or the default (litert for .tflite, else tensorflow).
+    """The runtime for a model of this kind: `requested`, or the default (litert for .tflite, else openvino).
 
     Raises BackendError when that runtime cannot read the model or its extra is not installed.
     """
@@ -60,22 +63,29 @@ def choose_backend(requested: str | None, kind: str) -> str:
         what = ".tflite files" if fmt == "tflite" else "SavedModels"
         raise BackendError(f"{backend} cannot run {what}; use {' or '.join(readers)}")
     if importlib.util.find_spec(_BACKEND_MODULE[backend]) is None:
-        hint = f"pip install 'beam-image-labeller[{_BACKEND_EXTRA[backend]}]'" if backend in _BACKEND_EXTRA else ""
-        if backend == "litert" and requested is None:
-            hint += " (or --backend tensorflow for TensorFlow's deprecated TFLite interpreter)"
-        raise BackendError(f"{backend} is not installed: {hint}".rstrip(": "))
+        if backend in _BACKEND_EXTRA:
+            hint = f"pip install 'beam-image-labeller[{_BACKEND_EXTRA[backend]}]'"
+        else:  # a core dependency missing: an install that skipped dependencies, or an image built without them
+            hint = "it is a dependency of beam-image-labeller: pip install beam-image-labeller"
+        if requested is None:
+            hint += f" (or --backend tensorflow{_FALLBACK_NOTE[fmt]})"
+        raise BackendError(f"{backend} is not installed: {hint}")
     return backend
 
 
-def resolve(spec: str, backend: str | None = None) -> ModelRef:
-    """Resolves `--model` and `--backend` at launch; for the Hugging Face Hub this pins the revision (a commit hash).
+def resolve(spec: str, backend: str | None = None, precision: str = DEFAULT_PRECISION) -> ModelRef:
+    """Resolves `--model`, `--backend` and `--precision` at launch; for the Hugging Face Hub this pins the revision
+    (a commit hash).
 
-    Raises ModelError for the model, BackendError for the backend.
+    Raises ModelError for the model, BackendError for the backend, PrecisionError for a precision the backend does
+    not offer (whether the CPU can run it is checked where the model is compiled, backends/openvino.py).
     """
     kind = kind_of(spec)
     chosen = choose_backend(backend, kind)
+    if precision != DEFAULT_PRECISION and chosen != "openvino":
+        raise PrecisionError(f"{precision} is for --backend openvino; this model runs on {chosen}")
     revision = _hf_revision(spec) if kind == "huggingface" else None
-    return ModelRef(spec, kind, revision=revision, backend=chosen)
+    return ModelRef(spec, kind, revision=revision, backend=chosen, precision=precision)
 
 
 def _hf_revision(spec: str) -> str:

@@ -1,4 +1,4 @@
-"""The runtimes a model runs on, one module each: tensorflow (the default), openvino and litert.
+"""The runtimes a model runs on, one module each: openvino (the default for SavedModels), tensorflow and litert.
 
 Each is a `Classifier`, the contract below; a runtime's module is imported only when `model.load` needs it, so a
 run never imports a runtime it does not use.

@@ -7,6 +7,7 @@ the conversion to float and the scaling to [0,1] are folded into the compiled gr
 which runs several CPU streams at once. Each calling thread gets its own AsyncInferQueue on that one compiled model
 (a queue is not safe to share between threads; the compiled model's streams are), sized to the model's optimal
 number of infer requests: a batch is cut into BATCH-image requests, the last one padded, that run on every stream.
+It computes in f32 unless `--precision bf16` asks for bfloat16, which only CPUs with bf16 instructions run.
 """
 
 from __future__ import annotations
@@ -14,28 +15,50 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import openvino as ov
-import openvino.properties as props
-import openvino.properties.hint as hints
-from openvino.preprocess import PrePostProcessor
 
+from beam_pipeline.imports import modules_hidden
 from beam_pipeline.model.backends.scores import outputs_are_probabilities, probe_image, softmax
+from beam_pipeline.model.ref import DEFAULT_PRECISION, PrecisionError
+
+# openvino's __init__ imports its model converter, openvino.tools.ovc (~0.2 s, measured with -X importtime), when it is
+# installed; Core.read_model never uses it.
+with modules_hidden(["openvino.tools.ovc"]):
+    import openvino as ov
+import openvino.properties as props  # noqa: E402
+import openvino.properties.device as device  # noqa: E402
+import openvino.properties.hint as hints  # noqa: E402
+from openvino.preprocess import PrePostProcessor  # noqa: E402
 
 # Images per infer request. Measured on 2 cores (THROUGHPUT: 2 streams, 2 requests), batches of 64 and 20 images,
 # median images/s: 1: 505, 2: 465, 4: 544, 8: 509, 16: 426; a request as large as the whole batch leaves one stream
 # idle, and 1 costs 4x the Python calls. Compiling for 4 also takes 0.3 s against 2 s for 64.
 BATCH = 4
-# f32, not OpenVINO's bf16: on the 100-image ImageNet sample (2-core AMD EPYC with AVX512_BF16, no AMX) bf16 ran
-# 1.6-1.9x faster but its top-1 agreed with TensorFlow's on 98 images (f32: on all 100, scores within 3e-4).
-INFERENCE_PRECISION = ov.Type.f32
+# --precision. f32 by default, not the bf16 OpenVINO picks by itself on CPUs that have it: on the 100-image ImageNet
+# sample (2-core AMD EPYC with AVX512_BF16, no AMX) bf16 ran 1.6-1.9x faster but its top-1 agreed with TensorFlow's on
+# 98 images (f32: on all 100, scores within 3e-4).
+INFERENCE_PRECISION = {"f32": ov.Type.f32, "bf16": ov.Type.bf16}
+# What OpenVINO's CPU plugin lists among its OPTIMIZATION_CAPABILITIES when the CPU has bf16 instructions (AMX or
+# AVX512_BF16); without them it would quietly compute in f32.
+NEEDED_CAPABILITY = {"bf16": "BF16"}
 DEFAULT_SIZE = 224
 
 
 class OpenVINOClassifier:
     """A SavedModel compiled by OpenVINO for the CPU: uint8 [N,H,W,3] in, float32 [N,C] probabilities out."""
 
-    def __init__(self, saved_model_dir: str, *, num_threads: int | None = None, batch: int = BATCH):
+    def __init__(
+        self,
+        saved_model_dir: str,
+        *,
+        num_threads: int | None = None,
+        batch: int = BATCH,
+        precision: str = DEFAULT_PRECISION,
+    ):
         core = ov.Core()
+        needed = NEEDED_CAPABILITY.get(precision)
+        if needed and needed not in core.get_property("CPU", device.capabilities):
+            cpu = core.get_property("CPU", device.full_name)
+            raise PrecisionError(f"{precision} needs a CPU with AMX or AVX512_BF16; this one ({cpu}) has neither")
         model = core.read_model(saved_model_dir)
         if len(model.outputs) != 1:
             raise ValueError(f"expected a model with one output, got {len(model.outputs)}")
@@ -47,7 +70,7 @@ class OpenVINOClassifier:
         ppp.input().preprocess().convert_element_type(ov.Type.f32).scale(255.0)
         config = {
             hints.performance_mode: hints.PerformanceMode.THROUGHPUT,
-            hints.inference_precision: INFERENCE_PRECISION,
+            hints.inference_precision: INFERENCE_PRECISION[precision],
         }
         if num_threads:
             config[props.inference_num_threads] = num_threads

@@ -1,0 +1,56 @@
+"""Start-up: the launcher imports nothing it does not use (measured with python -X importtime; docs/performance.md)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, read_output
+
+from beam_pipeline.imports import modules_hidden
+
+# Imported by `import apache_beam`, `import openvino` or pyarrow's first conversion of Python values whenever they are
+# installed (all are, in the test environment), and used by nothing a local run does.
+UNUSED = ("pandas", "google.cloud.bigquery", "google.cloud.pubsub", "openvino.tools.ovc", "tensorflow", "keras")
+
+
+def test_a_hidden_module_fails_to_import_until_the_block_ends():
+    name = "wave"  # a stdlib module nothing here imports
+    sys.modules.pop(name, None)
+    with modules_hidden([name, "json"]):
+        with pytest.raises(ModuleNotFoundError, match=name):
+            importlib.import_module(name)
+        assert importlib.import_module("json") is json, "a module imported already is left as it is"
+    assert importlib.import_module(name).__name__ == name
+
+
+@pytest.mark.slow  # the whole default job in a new process
+def test_the_default_job_imports_none_of_the_unused_packages(tmp_path, float_model, labels_file, shared):
+    prefix = tmp_path / "out" / "labels"
+    code = (
+        "import json, sys\n"
+        "from beam_pipeline.launch.cli import main\n"
+        "code = main(sys.argv[2:])\n"
+        "json.dump(sorted(sys.modules), open(sys.argv[1], 'w'))\n"
+        "sys.exit(code)\n"
+    )
+    modules_file = tmp_path / "modules.json"
+    args = ["--input", shared / "images" / "photos", "--output", prefix, "--model", float_model]
+    args += ["--labels", labels_file]
+    result = subprocess.run(
+        [sys.executable, "-c", code, modules_file, *map(str, args)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    modules = set(json.loads(modules_file.read_text()))
+    assert {"apache_beam", "openvino", "pyarrow"} <= modules
+    loaded = sorted(m for m in modules if m in UNUSED or m.startswith(tuple(f"{u}." for u in UNUSED)))
+    assert loaded == [], loaded
+    assert {r["status"] for r in read_output(prefix).to_pylist()} == {"ok"}
