@@ -27,6 +27,7 @@ from staged_runs import (
     writes,
 )
 
+from beam_pipeline.launch import runner
 from beam_pipeline.layout import intent_path, shard_names
 from beam_pipeline.output import publish
 
@@ -158,3 +159,24 @@ def test_finalize_retry_decides_again_beside_an_attempt_that_moved_some_shards(t
     record = run.finalize()
     assert record["status"] == "ok", record["problems"]
     assert final_state(run)["files"] == ["_SUCCESS", *(f"labels-0000{i}-of-00003.parquet" for i in range(3))]
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before", "after"])
+def test_finalize_retry_by_the_launcher_after_ctrl_c_at_each_step(tmp_path, after):
+    """Ctrl-C (or any stop) at each write of the local final step: the launcher settles the run as a retry would,
+    finishing a publish that had been decided and deleting the staging folder of one that had not, so it never
+    leaves shards published without the rest or `_SUCCESS`."""
+    reference, steps = clean_run(tmp_path / "reference")
+    for k, step in enumerate(steps, 1):
+        run = stage_run(tmp_path / f"stop-{k}")
+        with writes(run.root, crash_at=k, after=after), pytest.raises(WorkerLost):
+            run.finalize()
+        decided = publish.read_record(intent_path(run.info.output, RUN_ID)) is not None
+        published = (run.out / "_SUCCESS").exists()  # stopped while removing the staging folder, after publishing
+        record = runner.settle_stopped_run(run.info)
+        where = f"stopped {'after' if after else 'before'} write {k} of {len(steps)}: {step}"
+        assert (record is not None) == decided, where
+        if decided or published:
+            assert final_state(run) == reference, where
+        else:
+            assert sorted(p.name for p in run.out.iterdir()) == [], where

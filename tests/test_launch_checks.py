@@ -69,6 +69,15 @@ def test_a_misspelt_placeholder_is_a_launch_error(tmp_path, capsys, monkeypatch)
     assert list(tmp_path.iterdir()) == [], "no {data} folder"
 
 
+def test_a_misspelt_runner_is_a_launch_error(tmp_path, capsys):
+    """Beam would refuse the name only once the pipeline is built, as a traceback; the launcher names the flag."""
+    assert run_job("--input", tmp_path, "--output", tmp_path / "o", "--runner", "Dirct") == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("beam-image-labeller: error: argument --runner: unknown runner 'Dirct' (Beam's runners: ")
+    assert "DirectRunner" in message and "\n" not in message
+    assert not (tmp_path / "o").exists()
+
+
 def test_an_earlier_runs_success_names_its_prefix_relative_to_its_folder(tmp_path):
     """A `_SUCCESS` written by a run that spelt the folder another way (here relative to another working directory,
     as runs before prefixes were made absolute wrote it) is this prefix's; another name is another prefix's."""

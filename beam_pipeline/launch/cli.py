@@ -176,10 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from beam_pipeline import pipeline
     from beam_pipeline.launch import job, runner
     from beam_pipeline.launch.summary import format_summary
-    from beam_pipeline.output import publish
 
+    problem = runner.runner_problem(beam_args)
+    if problem:
+        print(f"{PROG}: error: argument --runner: {problem}", file=sys.stderr)
+        return 2
     beam_args = local_defaults(beam_args)
     # The launch checks below use Beam's filesystems before any Pipeline exists; its S3 filesystem cannot work
     # without options (and takes --s3_endpoint_url & co. from them).
@@ -204,21 +208,33 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (Interrupted, Exception) as exc:
         # Beam re-raises whatever a DoFn raised (a signal's Interrupted too) as a RuntimeError naming the step.
+        finished = None
         if config is not None and local:
-            publish.remove_staging(config.output, config.run_id)
+            try:
+                finished = runner.settle_stopped_run(pipeline.run_info(config))
+            except Exception:  # noqa: BLE001 - the first error is the one to report; the staging folder stays
+                pass
         if Interrupted.received is not None:
-            what = "no output was published" if local else "the job may still run on the runner and finish by itself"
+            if finished is not None:
+                what = f"the final step had decided, so its publish was finished ({finished['status']})"
+            elif local:
+                what = "no output was published"
+            else:
+                what = "the job may still run on the runner and finish by itself"
             print(f"\n{PROG}: interrupted ({Interrupted.received.name}): {what}", file=sys.stderr)
             return 128 + Interrupted.received  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-        if flags.verbose:
+        if finished is not None:  # a second try of the final step finished the publish
+            record = finished
+        elif flags.verbose:
             raise
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(
-            f"{PROG}: error: the run failed, nothing was published: {type(exc).__name__}: {first_line} "
-            "(--verbose shows the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+        else:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            print(
+                f"{PROG}: error: the run failed, nothing was published: {type(exc).__name__}: {first_line} "
+                "(--verbose shows the traceback)",
+                file=sys.stderr,
+            )
+            return 1
     print(format_summary(record))
     if record["status"] != "ok":
         for problem in record["problems"]:

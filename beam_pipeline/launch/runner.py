@@ -45,6 +45,16 @@ def run(job: JobConfig, beam_args: list[str], *, progress: bool = False) -> dict
     return record
 
 
+def settle_stopped_run(info: finalize.RunInfo) -> dict | None:
+    """After a local run stopped (an error, Ctrl-C): finishes the publish if its final step had decided (renames may
+    have begun: deleting the staging folder then would leave half the shards published), else deletes the staging
+    folder. Returns the `_SUCCESS` record of a publish it finished, else None."""
+    record = finalize.resume(info)
+    if record is None:
+        publish.remove_staging(info.output, info.run_id)
+    return record
+
+
 def is_local(beam_args: list[str]) -> bool:
     """Whether the workers run on this machine (Beam's local runner, in any of its modes)."""
     return _runs_locally(PipelineOptions(beam_args))
@@ -64,6 +74,21 @@ def runner_class(name: str | None) -> str | None:
         return type(create_runner(name or StandardOptions.DEFAULT_RUNNER)).__name__
     except (ValueError, ImportError, AttributeError):
         return None
+
+
+def runner_problem(beam_args: list[str]) -> str | None:
+    """Why Beam cannot create the runner --runner names (misspelt, or its extra not installed), else None."""
+    name = PipelineOptions(beam_args).view_as(StandardOptions).runner
+    if name is None or runner_class(name) is not None:
+        return None
+    try:
+        create_runner(name)
+    except ValueError:
+        known = ", ".join(StandardOptions.KNOWN_RUNNER_NAMES)
+        return f"unknown runner {name!r} (Beam's runners: {known}, or a PipelineRunner class path)"
+    except (ImportError, AttributeError) as exc:
+        return f"runner {name!r} cannot be loaded: {exc}"
+    return None
 
 
 def threads_per_process(beam_args: list[str]) -> int | None:
