@@ -32,7 +32,7 @@ fi
 if ! command -v uv >/dev/null 2>&1; then
   pip install -q uv  # into the venv: its bin is on PATH from here on
 fi
-if ! python -c "import beam_pipeline, pytest, xdist, tensorflow_hub, skimage, duckdb, build, apache_beam.runners.dataflow, pyiceberg, hypothesis, openvino, ai_edge_litert, moto, gcp_storage_emulator, s3fs" 2>/dev/null; then
+if ! python -c "import beam_pipeline, pytest, xdist, pytest_timeout, tensorflow_hub, skimage, duckdb, build, apache_beam.runners.dataflow, pyiceberg, hypothesis, openvino, ai_edge_litert, moto, gcp_storage_emulator, s3fs" 2>/dev/null; then
   echo "Installing the test extras into $VENV with uv..."
   uv pip install -q --python "$VENV/bin/python" --compile-bytecode -e ".[test]"
 fi

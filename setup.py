@@ -61,6 +61,7 @@ setup(
             "tf-keras>=2.16,<2.22",
             "setuptools<81",  # tensorflow-hub 0.16 imports pkg_resources (gone from setuptools 81)
             "pytest-xdist>=3",  # run_tests.sh spreads the suite over the machine's cores
+            "pytest-timeout>=2.2",  # a test that hangs fails after pyproject.toml's timeout instead of stalling CI
             "scikit-image>=0.22",
             "matplotlib>=3.8",
             "duckdb>=1.0",
