@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a virtualenv (first run only), labels sample photos on the local runner into ./output/, prints a summary.
+#   OUTPUT=...  the folder to write into instead of ./output/ (its labels/ subfolder is replaced on each run)
 #   INPUT=...   folder, glob or manifest to label (default: sample photos shipped by scikit-image and matplotlib)
 #   MODEL=...   --model (default: ../shared's float SavedModel when present, else the job's default, hf://Dimitre/mobilenet_v3_small pinned to a commit)
 #   LABELS=...  --labels (default: ../shared's ImageNetLabels.txt when present, else TensorFlow's published file)
@@ -15,12 +16,16 @@ fi
 . "$VENV/bin/activate"
 if ! python -c "import beam_pipeline, skimage, matplotlib, duckdb" 2>/dev/null; then
   echo "Installing beam-image-labeller into $VENV (a few minutes, once)..."
-  pip install -q --upgrade pip
-  pip install -q -e ".[samples,report]"
+  if command -v uv >/dev/null 2>&1; then
+    uv pip install -q --python "$VENV/bin/python" -e ".[samples,report]"
+  else
+    pip install -q --upgrade pip
+    pip install -q -e ".[samples,report]"
+  fi
 fi
 
 SHARED=${LABELLER_SHARED_DIR:-../shared}
-OUTPUT=output
+OUTPUT=${OUTPUT:-output}
 rm -rf "$OUTPUT/labels"
 if [ -z "${INPUT:-}" ]; then
   INPUT="$OUTPUT/sample-images"

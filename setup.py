@@ -28,7 +28,8 @@ setup(
     ],
     extras_require={
         # TF Hub / Kaggle handles: tensorflow-hub needs tf-keras, which pulls in the full tensorflow wheel.
-        "tfhub": ["tensorflow-hub>=0.16,<0.17", "tf-keras>=2.16,<2.22"],
+        # tensorflow-hub 0.16 imports pkg_resources, which setuptools 81 and later no longer ship.
+        "tfhub": ["tensorflow-hub>=0.16,<0.17", "tf-keras>=2.16,<2.22", "setuptools<81"],
         "gcp": ["apache-beam[gcp]>=2.60,<3", "build>=1"],  # DataflowRunner; build makes the --setup_file sdist
         # s3:// inputs and models (s3fs) and outputs (Beam's own S3 filesystem needs boto3).
         "s3": ["s3fs>=2024.3", "apache-beam[aws]>=2.60,<3"],
@@ -58,6 +59,9 @@ setup(
             "ruff>=0.6",
             "tensorflow-hub>=0.16,<0.17",
             "tf-keras>=2.16,<2.22",
+            "setuptools<81",  # tensorflow-hub 0.16 imports pkg_resources (gone from setuptools 81)
+            "pytest-xdist>=3",  # run_tests.sh spreads the suite over the machine's cores
+            "pytest-timeout>=2.2",  # a test that hangs fails after pyproject.toml's timeout instead of stalling CI
             "scikit-image>=0.22",
             "matplotlib>=3.8",
             "duckdb>=1.0",

@@ -54,7 +54,7 @@ def job_defaults() -> JobDefaults:
     """Parses an empty job command line to read the job's defaults."""
     from beam_pipeline.launch.cli import build_parser
 
-    flags, _ = build_parser().parse_known_args([])
+    flags, _ = build_parser().parse_known_args(["--input", "-", "--output", "-"])  # the two required flags
     return JobDefaults(flags.resize, flags.max_image_pixels, flags.max_batch_size, flags.min_batch_size)
 
 

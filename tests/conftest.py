@@ -36,6 +36,42 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+# What a test run may leave in the checkout: caches (worker venvs, Hypothesis' examples, bytecode) and the venv.
+CHECKOUT_CACHES = (".cache/", ".hypothesis/", ".pytest_cache/", ".ruff_cache/", ".venv", "__pycache__/", ".egg-info/")
+
+
+def checkout_files() -> set[str]:
+    """Untracked and ignored paths in the checkout (as `git status` names them), caches left out."""
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    entries = {line[3:] for line in status.stdout.splitlines() if line[:2] in ("??", "!!")}
+    return {e for e in entries if not any(cache in e for cache in CHECKOUT_CACHES)}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_CHECKOUT_BEFORE] = checkout_files()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fails the run when its tests wrote into the checkout: they write under tmp_path (pytest-xdist workers
+    leave the check to the controller, which sees every worker's writes)."""
+    if hasattr(session.config, "workerinput") or _CHECKOUT_BEFORE not in session.config.stash:
+        return
+    written = sorted(checkout_files() - session.config.stash[_CHECKOUT_BEFORE])
+    if written:
+        writer = session.config.get_terminal_writer()
+        writer.line()
+        writer.line(f"tests wrote into the checkout (use tmp_path): {written}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_CHECKOUT_BEFORE = pytest.StashKey[set]()
+
+
 def shared_dir() -> Path:
     """../shared (or $LABELLER_SHARED_DIR); fails the test clearly when it is missing."""
     path = Path(os.environ.get(SHARED_ENV, REPO.parent / "shared")).resolve()

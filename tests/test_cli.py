@@ -16,14 +16,27 @@ def test_help_lists_the_job_flags():
     assert result.returncode == 0
     for flag in ("--input", "--output", "--model", "--labels", "--top-k", "--resize", "--max-batch-size"):
         assert flag in result.stdout
+    usage = " ".join(result.stdout.split("\n\n")[0].split())
+    assert " --input INPUT " in usage and " --output OUTPUT " in usage, f"shown as required: {usage}"
+    assert "[--model MODEL]" in usage
+
+
+def test_without_input_or_output_the_launch_names_them(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_job("--top-k", "3")
+    assert exit_info.value.code == 2
+    missing = "the following arguments are required: --input, --output"
+    assert capsys.readouterr().err == f"beam-image-labeller: error: {missing}\n"
 
 
 @pytest.mark.parametrize(
     "args,flag,words",
     [
         (["--top-k", "0"], "--top-k", "must be >= 1"),
+        (["--top_k", "0"], "--top-k", "must be >= 1"),  # each flag is named one way, however it was spelt
         (["--resize", "stretch"], "--resize", "invalid choice"),
         (["--max-bytes", "lots"], "--max-bytes", "expected an integer"),
+        (["--max_bytes=lots"], "--max-bytes", "expected an integer"),
     ],
 )
 def test_bad_values_fail_in_one_line(tmp_path, args, flag, words, capsys):
@@ -31,7 +44,7 @@ def test_bad_values_fail_in_one_line(tmp_path, args, flag, words, capsys):
         run_job("--input", PHOTOS, "--output", tmp_path / "out", *args)
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()
-    assert "\n" not in message and flag in message and words in message
+    assert "\n" not in message and message.startswith(f"beam-image-labeller: error: argument {flag}: {words}"), message
 
 
 def _launch_error(capsys, *args) -> str:
@@ -113,7 +126,7 @@ def test_beams_and_dataflows_own_options_pass_the_flag_check():
     from beam_pipeline.launch.cli import build_parser, unknown_flag
 
     parser = build_parser()
-    argv = ["--input", "x", "--runner", "DataflowRunner", "--project=p", "--region", "europe-west1"]
+    argv = ["--input", "x", "--output", "o", "--runner", "DataflowRunner", "--project=p", "--region", "europe-west1"]
     argv += ["--sdk_container_image=img", "--direct_num_workers", "2", "--labels", "l.txt", "--experiments=a,b"]
     _, beam_args = parser.parse_known_args(argv)
     assert unknown_flag(beam_args, parser) is None

@@ -20,7 +20,11 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
+from apache_beam.internal import pickler
+from apache_beam.ml.inference.base import _RunInferenceDoFn
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.portability import common_urns
+from apache_beam.portability.api import beam_runner_api_pb2
 from conftest import REPO, label, read_output
 from images import jpeg_bytes, photo
 from packaging.requirements import Requirement
@@ -28,6 +32,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from beam_pipeline import pipeline
+from beam_pipeline.decode.dofn import DecodeImage
 from beam_pipeline.launch import cli, job
 
 BRANCHES = ("Labelled", "Failed", "InferenceFailed")  # each branch of rows is written and counted on its own
@@ -177,8 +182,20 @@ def test_dataflow_job_graph_builds_offline(tmp_path, tiny_model, labels_file, sh
     top_level = {t.unique_name for t in transforms if "/" not in t.unique_name}
     assert EXPECTED_STEPS <= top_level
     assert {f"LabelRows/{name}" for name in EXPECTED_LABELLING_STEPS} <= {t.unique_name for t in transforms}
-    payloads = [t.spec.payload for t in transforms if t.spec.urn == "beam:transform:pardo:v1"]
-    assert len(payloads) > 5, "the DoFns were pickled into the job"
+    by_name = {t.unique_name: t for t in transforms}
+    spread = by_name.get("ExpandInputs/SpreadOverWorkers")
+    reshuffle = common_urns.composites.RESHUFFLE.urn
+    assert spread is not None and spread.spec.urn == reshuffle, "listed rows are spread over the workers"
+    assert dict(spread.inputs) == dict(by_name["ExpandInputs/ListUris"].outputs), "right after the listing"
+    # The DoFns were pickled into the job, and unpickle as the workers will.
+    for name, dofn in [
+        ("LabelRows/Decode/ParDo(DecodeImage)", DecodeImage),
+        ("LabelRows/Classify/BeamML_RunInference/ParDo(_RunInferenceDoFn)/ParDo(_RunInferenceDoFn)", _RunInferenceDoFn),
+    ]:
+        payload = beam_runner_api_pb2.ParDoPayload.FromString(by_name[name].spec.payload)
+        fn = pickler.loads(payload.do_fn.payload)[0]
+        fn = getattr(fn, "_fn", fn)  # RunInference's DoFn inside Beam's with_exception_handling wrapper
+        assert isinstance(fn, dofn), name
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 
 import pyarrow as pa
 import pytest
-from conftest import label, read_output
+from conftest import label, read_output, run_job
 from images import write_good_images
 
 from beam_pipeline.inputs import checks, expand
@@ -45,6 +45,34 @@ def test_txt_manifest_bom_comments_and_relative_paths(tmp_path):
     spec = checks.check_exists(InputSpec.parse(str(manifest)))
     rows = list(expand.expand_input(spec, uri_column="uri", carried=pa.schema([])))
     assert [r["uri"] for r in rows] == [str(tmp_path / "lists" / "images" / "a.jpg"), "/abs/b.jpg", "gs://bucket/c.jpg"]
+
+
+def test_a_manifest_named_relative_to_the_working_folder_gives_absolute_uris(tmp_path, monkeypatch):
+    """Rows name the file that was read, wherever the output is read from later (the report's thumbnails)."""
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "m.csv").write_text("uri,id\nimages/a.jpg,1\n./images/../b.jpg,2\n/abs/c.jpg,3\n")
+    monkeypatch.chdir(tmp_path)
+    spec = checks.check_exists(InputSpec.parse("lists/m.csv"))
+    rows = list(expand.expand_input(spec, uri_column="uri", carried=pa.schema([("id", pa.int64())])))
+    assert [r["uri"] for r in rows] == [
+        str(tmp_path / "lists" / "images" / "a.jpg"),
+        str(tmp_path / "lists" / "b.jpg"),
+        "/abs/c.jpg",
+    ]
+
+
+def test_a_run_from_another_folder_stores_the_uris_it_read(tmp_path, shared, tiny_model, labels_file, monkeypatch):
+    """Through the job: a .csv (read as a stream) and a .txt manifest (read in parallel by Beam), both relative."""
+    photos = write_good_images(tmp_path / "lists" / "photos", shared)
+    (tmp_path / "lists" / "m.csv").write_text("uri\n" + "".join(f"photos/{p.name}\n" for p in photos[:2]))
+    (tmp_path / "lists" / "m.txt").write_text("".join(f"./photos/{p.name}\n" for p in photos[2:]))
+    monkeypatch.chdir(tmp_path)
+    prefix = tmp_path / "out" / "labels"
+    args = ["--input", "lists/m.csv", "--input", "lists/m.txt", "--output", prefix, "--model", tiny_model]
+    assert run_job(*args, "--labels", labels_file) == 0
+    rows = read_output(prefix).to_pylist()
+    assert sorted(r["uri"] for r in rows) == sorted(map(str, photos))
+    assert {r["status"] for r in rows} == {"ok"}
 
 
 def test_shards_of_another_prefix_are_not_this_prefix(tmp_path):

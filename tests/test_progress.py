@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import re
+import time
 
 from conftest import label
 
 from beam_pipeline.launch import progress
+
+WAIT_SECONDS = 30  # for lines printed every 0.01 s: a bound on a hang, not a timing assertion
 
 
 def test_format_with_and_without_a_known_total():
@@ -36,8 +39,10 @@ def test_one_updating_line_on_a_terminal_plain_lines_elsewhere():
         with progress.ProgressReporter(tally, interval=0.01, stream=stream):
             for _ in range(3):
                 tally.add_written(failed=False)
+            deadline = time.monotonic() + WAIT_SECONDS  # a reporter that never prints fails here, never hangs
             while stream.getvalue().count("labelled") < 2:
-                pass
+                assert time.monotonic() < deadline, f"fewer than 2 progress lines in {WAIT_SECONDS} s"
+                time.sleep(0.005)
         text = stream.getvalue()
         if isinstance(stream, _Terminal):
             assert text.startswith("\r\x1b[Klabelled ") and text.endswith("\n") and text.count("\n") == 1

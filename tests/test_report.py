@@ -220,6 +220,70 @@ def test_local_files_not_embedded_from_remote_output(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # starts two Python subprocesses that import Beam
+def test_messages_name_the_program_and_what_to_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Errors and warnings start with the program's name and say what to do: a folder of non-Parquet files, a
+    parent folder of runs, and one shard of a run whose _SUCCESS lists more."""
+    prog = "beam-image-labeller-report"
+    html = str(tmp_path / "r.html")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("hi\n")
+    assert report.main([str(tmp_path / "notes"), "--html", html]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"{prog}: error: {str(tmp_path / 'notes' / 'a.txt')!r} is not a Parquet file: give the report a run's output"
+        f" folder, its --output prefix or a glob of its .parquet shards (not {str(tmp_path / 'notes')!r})\n"
+    )
+
+    write_image(tmp_path / "a.jpg")
+    rows = [row(str(tmp_path / "a.jpg"), i) for i in range(10)]
+    for day in ("dt=2026-11-25", "dt=2026-11-26"):
+        write_run(
+            str(tmp_path / "runs" / day),
+            rows,
+            shards=2,
+            success={
+                "rows": 10,
+                "shards": [str(tmp_path / "runs" / day / f"labels-{k:05d}-of-00002.parquet") for k in range(2)],
+            },
+        )
+    assert report.main([str(tmp_path / "runs"), "--html", html]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prog}: error: no Parquet files match {str(tmp_path / 'runs')!r}; it holds the output")
+    assert f"of 2 run(s), such as {str(tmp_path / 'runs' / 'dt=2026-11-25')!r}: pass one of them" in err
+    assert card_value(render(str(tmp_path / "runs" / "*" / "*.parquet"), tmp_path), "rows") == 20
+
+    one_shard = str(tmp_path / "runs" / "dt=2026-11-26" / "labels-00000-of-00002.parquet")
+    assert report.main([one_shard, "--html", html]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        f"{prog}: warning: 1 of the 2 shards {str(tmp_path / 'runs' / 'dt=2026-11-26' / '_SUCCESS')} lists are read"
+        " (it records 10 rows): the report shows only those; pass the output folder or --output prefix for the"
+        " whole run\n"
+    )
+    assert card_value(Path(html).read_text(encoding="utf-8"), "rows") == 5
+    assert report.main([str(tmp_path / "runs" / "dt=2026-11-26"), "--html", html]) == 0
+    assert capsys.readouterr().err == "", "the whole run: no warning"
+
+
+def test_report_logs_nothing_without_the_gcp_extra(tmp_path: Path) -> None:
+    """As in run_local.sh's venv (no apache-beam[gcp], so no apitools): the report prints no library warning."""
+    write_image(tmp_path / "a.jpg")
+    output = write_run(str(tmp_path / "out"), [row(str(tmp_path / "a.jpg"), 1)], shards=1)
+    no_apitools = (
+        "import runpy, sys; sys.modules['apitools'] = None; "
+        "runpy.run_module('beam_pipeline.report', run_name='__main__')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", no_apitools, output, "--html", str(tmp_path / "r.html")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == ""
+    assert proc.stdout.startswith(f"wrote {tmp_path / 'r.html'} ")
+
+
 def test_job_import_loads_no_report_dependency() -> None:
     """Importing the job (as Dataflow workers do) loads neither DuckDB nor matplotlib; the report loads DuckDB."""
     probe = "import sys, {}; print(sorted(m for m in ('duckdb', 'matplotlib') if m in sys.modules))"

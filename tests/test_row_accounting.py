@@ -82,19 +82,3 @@ def test_a_lost_row_fails_the_run_loudly(tmp_path, shared, tiny_model, labels_fi
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_SUCCESS", kept], "incomplete output unpublished"
     uris = pd.read_parquet(tmp_path / "out" / kept).uri
     assert sorted(uris) == sorted(str(p) for p in photos if p.name != dropped), "the rows written are kept"
-
-
-@pytest.mark.parametrize("rows_in, skipped, written, sent", [(10, 2, 8, 8), (0, 0, 0, 0)])
-def test_reconcile_accepts_rows_that_add_up(rows_in, skipped, written, sent):
-    from beam_pipeline.output.finalize import reconcile
-
-    assert reconcile(rows_in=rows_in, rows_skipped=skipped, rows_sent=sent, written=written) == []
-
-
-def test_reconcile_names_what_does_not_add_up():
-    from beam_pipeline.output.finalize import reconcile
-
-    assert reconcile(rows_in=10, rows_skipped=0, rows_sent=10, written=11) == [
-        "1 rows too many: 10 rows in, 0 skipped, 11 written",
-        "the sink was sent 10 rows but its shards hold 11",
-    ]

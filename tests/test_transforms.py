@@ -383,7 +383,15 @@ def test_merge_stats_adds_up_the_row_stats_of_each_branch():
             9,
             ["1 rows missing: 10 rows in, 0 skipped, 9 written", "the sink was sent 10 rows but its shards hold 9"],
         ),
+        (
+            10,
+            0,
+            10,
+            11,
+            ["1 rows too many: 10 rows in, 0 skipped, 11 written", "the sink was sent 10 rows but its shards hold 11"],
+        ),
         (5, 5, 0, 0, []),
+        (0, 0, 0, 0, []),
     ],
 )
 def test_reconcile(rows_in, skipped, sent, written, problems):

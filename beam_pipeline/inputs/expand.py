@@ -8,6 +8,7 @@ API, and pyarrow's streaming readers take fsspec file objects directly.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Iterator
 
@@ -134,10 +135,13 @@ def _output_row(row: dict, manifest: str, uri_column: str, carried: pa.Schema) -
 
 
 def _resolve(uri: object, manifest: str) -> str | None:
-    """A manifest's URI as the job reads it: a relative path is relative to the manifest's own folder."""
+    """A manifest's URI as the job reads it: a relative path is relative to the manifest's own folder (and a local
+    manifest's folder is made absolute, so that the row names the file from anywhere, as folder inputs do)."""
     if uri is None:
         return None
     text = str(uri)
     if not text.strip() or split_protocol(text)[0] or posixpath.isabs(text):
         return text
-    return posixpath.join(posixpath.dirname(manifest), text)
+    if split_protocol(manifest)[0]:
+        return posixpath.join(posixpath.dirname(manifest), text)
+    return os.path.normpath(os.path.join(os.path.abspath(os.path.dirname(manifest)), text))

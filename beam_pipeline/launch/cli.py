@@ -7,6 +7,7 @@ import contextlib
 import difflib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -27,6 +28,8 @@ class _OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line instead of a usage block."""
 
     def error(self, message: str):
+        # argparse names a flag by all its spellings (--top-k/--top_k); the job's own checks name one (--top-k).
+        message = re.sub(r"^argument (--[\w-]+)(?:/--\w+)+:", r"argument \1:", message)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

@@ -94,12 +94,14 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--input",
         action="append",
+        required=True,
         help="Images to label, repeatable: a directory (its image files, recursively), a glob, one image, or a "
         "manifest of URIs (.txt one per line, .csv, .jsonl, .parquet) on any fsspec filesystem.",
     )
     group.add_argument("--uri-column", default="uri", help="Manifest column holding the URIs (default: uri).")
     group.add_argument(
         "--output",
+        required=True,
         help="Output path prefix on any filesystem Beam writes (local, gs://, ...); shards are written as "
         "PREFIX-SSSSS-of-NNNNN.parquet, then PREFIX's folder gets _SUCCESS. A prefix ending in / writes "
         "PREFIX/labels-...; {date} (UTC, YYYY-MM-DD) and {run_id} are filled in, e.g. out/dt={date}/.",

@@ -12,11 +12,17 @@ charts as inline SVG, thumbnails as base64 JPEG ``data:`` URIs) and fetches noth
 so it opens offline in any browser (``render``).
 """
 
-from beam_pipeline.report.cli import build_report, main
-from beam_pipeline.report.data import Options, ReportData, ReportError
-from beam_pipeline.report.queries import gather
-from beam_pipeline.report.render import render
-from beam_pipeline.report.thumbnails import make_thumbnail, make_thumbnails
+from beam_pipeline.launch.cli import import_beam
+
+# Before any module below imports Beam: the report never uses Beam's BigQuery connector, and importing it without
+# the [gcp] extra (run_local.sh's venv) logs "apitools not found ..." on the root logger, which no user can act on.
+import_beam()
+
+from beam_pipeline.report.cli import build_report, main  # noqa: E402
+from beam_pipeline.report.data import Options, ReportData, ReportError  # noqa: E402
+from beam_pipeline.report.queries import gather  # noqa: E402
+from beam_pipeline.report.render import render  # noqa: E402
+from beam_pipeline.report.thumbnails import make_thumbnail, make_thumbnails  # noqa: E402
 
 __all__ = [
     "Options",

@@ -23,19 +23,25 @@ from beam_pipeline.report.data import (
     DEFAULT_TOP_LABELS,
     DEFAULT_WORKERS,
     Options,
+    ReportData,
     ReportError,
 )
 from beam_pipeline.report.queries import gather
 from beam_pipeline.report.render import render
 from beam_pipeline.report.thumbnails import make_thumbnails
 
+PROG = "beam-image-labeller-report"
 _NON_NEGATIVE = _int_at_least(0)
 
 
 def build_report(output: str, options: Options | None = None) -> str:
     """Gather, read thumbnails and render: the whole report for ``output`` as an HTML string."""
     options = options or Options()
-    data = gather(output, options)
+    return render_report(gather(output, options), options)
+
+
+def render_report(data: ReportData, options: Options) -> str:
+    """Read the thumbnails ``data`` samples and render the page."""
     # Local files only for local output: someone else's output must not embed this machine's files in the page.
     thumbs = make_thumbnails(
         data.sampled_uris(), options, allow_local_files=options.allow_private_hosts or data.output_is_local
@@ -46,7 +52,7 @@ def build_report(output: str, options: Options | None = None) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     p = argparse.ArgumentParser(
-        prog="beam-image-labeller-report",
+        prog=PROG,
         description="Write a self-contained offline HTML report of an image labelling run's Parquet output.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -84,7 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--allow-private-hosts",
         action="store_true",
         help="read thumbnails from loopback, link-local and private http(s) hosts (following redirects), and local "
-        "files even when the output is not local; only for output you trust (default: refused, shown as placeholders)",
+        "files even when the output is not local; only for output you trust (else they are shown as placeholders)",
     )
     p.add_argument("--title", default=Options.title, help="page title")
     return p.parse_args(argv)
@@ -109,10 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         title=args.title,
     )
     try:
-        page = build_report(args.output, options)
+        data = gather(args.output, options)
+        page = render_report(data, options)
     except (ReportError, duckdb.Error) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    for warning in data.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     with fsspec.open(args.html, "w", encoding="utf-8") as f:
         f.write(page)
     print(f"wrote {args.html} ({len(page.encode('utf-8')) / 1024:.0f} KiB)")

@@ -71,6 +71,7 @@ class ReportData:
     first_labelled_at: dt.datetime | None = None
     last_labelled_at: dt.datetime | None = None
     success: list[tuple[str, dict[str, Any] | str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # printed by the command line
     label_counts: list[tuple[str, int, float]] = field(default_factory=list)  # (label, rows, mean score)
     score_hist: list[int] = field(default_factory=lambda: [0] * SCORE_BINS)
     lowest: list[Prediction] = field(default_factory=list)

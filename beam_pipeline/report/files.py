@@ -47,8 +47,39 @@ def resolve_inputs(output: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     if prefix_name is not None:
         files = [p for p in files if shard_prefix(posixpath.basename(p)) == prefix_name]
     if not files:
-        raise ReportError(f"no Parquet files match {output!r}")
+        raise ReportError(f"no Parquet files match {output!r}{_runs_below_hint(fs, path, output)}")
     return fs, files
+
+
+def _runs_below_hint(fs: fsspec.AbstractFileSystem, path: str, output: str) -> str:
+    """A hint when ``path`` is a folder whose subfolders are runs' outputs (each with its _SUCCESS), else ""."""
+    if _has_magic(path) or not fs.isdir(path):
+        return ""
+    runs = sorted(posixpath.dirname(p) for p in fs.glob(path.rstrip("/") + "/*/" + SUCCESS_FILE))
+    if not runs:
+        return ""
+    example = fs.unstrip_protocol(runs[0]) if "://" in output else runs[0]
+    return (
+        f"; it holds the output folders of {len(runs)} run(s), such as {example!r}: pass one of them, or a glob"
+        f" such as {output.rstrip('/') + '/*/*.parquet'!r} for all of them"
+    )
+
+
+def missing_shards(files: list[str], success: list[tuple[str, dict[str, Any] | str]]) -> list[str]:
+    """A warning for each folder whose _SUCCESS lists shards that are not among ``files`` (the ones read)."""
+    warnings = []
+    for directory, record in success:
+        if not isinstance(record, dict) or not isinstance(record.get("shards"), list):
+            continue
+        read = {posixpath.basename(p) for p in files if posixpath.dirname(p) == directory}
+        listed = {posixpath.basename(str(s)) for s in record["shards"]}
+        if listed - read:
+            warnings.append(
+                f"{len(listed & read)} of the {len(listed)} shards {posixpath.join(directory, SUCCESS_FILE)} lists"
+                f" are read (it records {record.get('rows', '?')} rows): the report shows only those; pass the"
+                " output folder or --output prefix for the whole run"
+            )
+    return warnings
 
 
 def read_success(fs: fsspec.AbstractFileSystem, files: list[str]) -> list[tuple[str, dict[str, Any] | str]]:

@@ -6,6 +6,7 @@ memory whatever the number of rows; only the aggregates and the few sampled rows
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import duckdb
@@ -14,7 +15,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from beam_pipeline.records import LEADING_FIELDS, RESULT_FIELDS, STATUS_OK
 from beam_pipeline.report.data import SCORE_BINS, Failure, Options, Prediction, ReportData, ReportError
-from beam_pipeline.report.files import read_success, resolve_inputs
+from beam_pipeline.report.files import missing_shards, read_success, resolve_inputs
 from beam_pipeline.report.text import MAX_TEXT
 
 # Output columns the report does without (it then shows no image sizes, models or time range).
@@ -55,12 +56,16 @@ def gather(output: str, options: Options) -> ReportData:
         source=output, files=[fs.unstrip_protocol(p) for p in files], output_is_local=isinstance(fs, LocalFileSystem)
     )
     data.success = read_success(fs, files)
+    data.warnings = missing_shards(files, data.success)
 
     con = duckdb.connect(config={"preserve_insertion_order": False})
     try:
         paths = _duckdb_paths(con, fs, files)
-        con.read_parquet(paths, union_by_name=True).create_view("t")
-        columns = {row[0] for row in con.execute("DESCRIBE t").fetchall()}
+        try:
+            con.read_parquet(paths, union_by_name=True).create_view("t")
+            columns = {row[0] for row in con.execute("DESCRIBE t").fetchall()}
+        except (duckdb.InvalidInputException, duckdb.IOException) as exc:
+            raise ReportError(_not_parquet(str(exc), output)) from exc
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
             raise ReportError(f"{output!r} is not an image labeller output: missing columns {', '.join(missing)}")
@@ -71,6 +76,18 @@ def gather(output: str, options: Options) -> ReportData:
     finally:
         con.close()
     return data
+
+
+def _not_parquet(message: str, output: str) -> str:
+    """DuckDB's error on a file that is not Parquet ("File '...' too small to be a Parquet file", "No magic bytes
+    found at end of file '...'"), said in the report's terms; any other error as DuckDB gives it."""
+    match = re.search(r"[Ff]ile '([^']*)'", message)
+    if not match or ("Parquet" not in message and "magic bytes" not in message):
+        return message
+    return (
+        f"{match.group(1)!r} is not a Parquet file: give the report a run's output folder, its --output prefix or a"
+        f" glob of its .parquet shards (not {output!r})"
+    )
 
 
 def _gather_totals(con: duckdb.DuckDBPyConnection, data: ReportData, has: Any) -> None:
