@@ -15,6 +15,7 @@ so "before" and "after" share the machine's state. Nothing asserts a time.
     python benchmarks/latency.py                                  # 600 images, every source, delay and layout
     python benchmarks/latency.py --sources http --delays 0,40 --layouts mp2 --n 200
     python benchmarks/latency.py --checkout /tmp/before --json latency.json
+    python benchmarks/latency.py --sources http --delays 40 --job-arg=--reads-in-flight=16
 """
 
 from __future__ import annotations
@@ -168,7 +169,9 @@ def gcs_behind_proxy(files: list[Path]) -> Iterator[Delayed]:
             for name, value in answer.getheaders():
                 if name.lower() not in ("content-length", "transfer-encoding", "connection"):
                     self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
+            # A HEAD answer has no body but says the length of the one a GET would have.
+            length = answer.getheader("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", length or str(len(data)))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
@@ -190,7 +193,7 @@ def _tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def run_job(checkout: Path, manifest: Path, layout: str, env: dict[str, str], tmp: Path) -> dict:
+def run_job(checkout: Path, manifest: Path, layout: str, env: dict[str, str], tmp: Path, extra: list[str]) -> dict:
     """One run of the job from `checkout`; its wall time, steady rate and peak tree RSS."""
     shared = shared_dir()
     out = Path(tempfile.mkdtemp(prefix="out-", dir=tmp))
@@ -202,6 +205,7 @@ def run_job(checkout: Path, manifest: Path, layout: str, env: dict[str, str], tm
         "--labels", str(shared / "labels" / "ImageNetLabels.txt"),
         "--allow-private-hosts", "--quiet",
         *LAYOUTS[layout],
+        *extra,
     ]  # fmt: skip
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -242,6 +246,7 @@ def main() -> None:
     parser.add_argument("--sources", default="local,http,gs")
     parser.add_argument("--layouts", default="default,mp2")
     parser.add_argument("--checkout", type=Path, action="append", default=[], help="also run this checkout's job")
+    parser.add_argument("--job-arg", action="append", default=[], help="an extra argument for every job run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     delays = [float(d) for d in args.delays.split(",")]
@@ -281,7 +286,7 @@ def main() -> None:
                     if server is not None:
                         server.delay = delay / 1000
                         server.requests.clear()
-                    figures = run_job(checkout, manifest, layout, gs_env if source == "gs" else {}, tmp)
+                    figures = run_job(checkout, manifest, layout, gs_env if source == "gs" else {}, tmp, args.job_arg)
                     requests = sum(server.requests.values()) if server is not None else 0
                     row = {"checkout": name, "layout": layout, "source": source, "delay_ms": delay, **figures}
                     row["requests_per_image"] = requests / len(files) if server is not None else None
