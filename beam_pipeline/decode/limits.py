@@ -17,7 +17,7 @@ import fsspec.asyn
 
 # Measured (benchmarks/latency.py, benchmarks/README.md): with 40 ms to first byte, 16, 32 and 64 reads in flight
 # per process labelled 131, 153 and 162 images/s on the one-process-per-core layout (75, 87, 104 on the in-memory
-# one); each read in flight holds at most one image's bytes.
+# one; the per-host cap bound first on that one host); each read in flight holds at most one image's bytes.
 DEFAULT_READS_IN_FLIGHT = 64
 DEFAULT_REQUESTS_PER_HOST = 8  # per process: a job of 50 worker processes asks one host at most 400 at once
 # Bytes that finished reads may hold until their image is decoded, per process. Reads stop starting while it is
