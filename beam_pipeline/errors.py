@@ -21,6 +21,7 @@ BAD_MANIFEST_ROW = "BadManifestRow"  # permanent
 EMPTY_URI = "EmptyUri"  # permanent
 UNSUPPORTED_SCHEME = "UnsupportedScheme"  # permanent
 BLOCKED_HOST = "BlockedHost"  # permanent
+DISALLOWED = "Disallowed"  # permanent: the server's X-Robots-Tag refuses AI use (noai, noimageai)
 NOT_FOUND = "NotFound"  # permanent
 IS_A_DIRECTORY = "IsADirectory"  # permanent
 READ_ERROR = "ReadError"  # transient: timeouts, connection failures, HTTP 429/5xx; permanent: forbidden, redirects...

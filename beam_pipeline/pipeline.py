@@ -68,7 +68,9 @@ def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) 
         )
     else:
         rows_skipped = pipeline | "NoneSkipped" >> beam.Create([0])
-    branches = rows | "LabelRows" >> LabelRows(job, decode_in_flight=None if spread_rows else 2 * job.max_batch_size)
+    # Two batches of rows pending in the decode step, on every layout: the model runs on the bundle's thread, so the
+    # rows read while it runs are all that is ready for the next batch (plus --reads-in-flight still reading).
+    branches = rows | "LabelRows" >> LabelRows(job, decode_in_flight=2 * job.max_batch_size)
     # Each branch of rows is written and counted on its own: FnApiRunner materialises every multi-input Flatten,
     # which would hold the whole output in memory (measured: +2 KB per row). Only file names and counts are merged.
     staging = staging_prefix(job.output, job.run_id)

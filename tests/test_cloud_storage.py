@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 from images import jpeg_bytes, photo
+from proxies import Recorded, recording_proxy
 
 IMAGES = 24
 BUCKET = "labeller-test"
@@ -39,23 +40,30 @@ def _bucket_files(tiny_model: str, labels_file: str, shared: Path) -> dict[str, 
     """What the run reads, by object name: images, the SavedModel's files and the label file."""
     base = photo(shared).resize((320, 240))
     files = {f"images/img_{i:03d}.jpg": jpeg_bytes(base.rotate(15 * i)) for i in range(IMAGES)}
+    files["images/empty.jpg"] = b""  # GCS and S3 answer a ranged GET of an empty object with 416
     model = Path(tiny_model)
     files.update({f"models/tiny/{p.relative_to(model)}": p.read_bytes() for p in model.rglob("*") if p.is_file()})
     files["meta/ImageNetLabels.txt"] = Path(labels_file).read_bytes()
     return files
 
 
-def _check_run(success: dict, shards: list[bytes], scheme: str) -> None:
-    """`_SUCCESS` says ok with every image, and the shards hold each image once, labelled."""
+def _check_run(success: dict, shards: list[bytes], scheme: str, proxy: Recorded) -> None:
+    """`_SUCCESS` says ok with every image, the shards hold each image once, labelled (the empty object as an
+    EmptyFile row), and each image was read by one GET of at most --max-bytes + 1 bytes, nothing else."""
     assert success["status"] == "ok", success["problems"]
-    assert success["rows"] == IMAGES and success["rows_in"] == IMAGES
+    assert success["rows"] == IMAGES + 1 and success["rows_in"] == IMAGES + 1
     assert success["model"] == f"{scheme}://{BUCKET}/models/tiny"
     assert success["output_prefix"].startswith(f"{scheme}://{BUCKET}/labels/")
-    table = pa.concat_tables([pq.read_table(io.BytesIO(data)) for data in shards])
-    expected = sorted(f"{scheme}://{BUCKET}/images/img_{i:03d}.jpg" for i in range(IMAGES))
-    assert sorted(table.column("uri").to_pylist()) == expected
-    assert set(table.column("status").to_pylist()) == {"ok"}
-    assert all(table.column("label").to_pylist())
+    rows = {r["uri"]: r for r in pa.concat_tables([pq.read_table(io.BytesIO(data)) for data in shards]).to_pylist()}
+    empty = rows.pop(f"{scheme}://{BUCKET}/images/empty.jpg")
+    assert (empty["status"], empty["error_type"]) == ("error", "EmptyFile")
+    assert sorted(rows) == sorted(f"{scheme}://{BUCKET}/images/img_{i:03d}.jpg" for i in range(IMAGES))
+    assert {r["status"] for r in rows.values()} == {"ok"} and all(r["label"] for r in rows.values())
+    reads = [r for r in proxy.to("images/") if "prefix=" not in r[1] and "list-type" not in r[1]]
+    assert sorted(path.split("images/")[1].split("?")[0] for _, path, _ in reads) == sorted(
+        [f"img_{i:03d}.jpg" for i in range(IMAGES)] + ["empty.jpg"]
+    ), "one request per image"
+    assert {(method, byte_range) for method, _, byte_range in reads} == {("GET", "bytes=0-50000000")}
 
 
 # gs:// ------------------------------------------------------------------------------------------------------------
@@ -136,9 +144,9 @@ def test_gs_input_model_and_output(tmp_path, gcs_emulator, tiny_model, labels_fi
     for name, data in _bucket_files(tiny_model, labels_file, shared).items():
         bucket.blob(name).upload_from_string(data)
 
-    with token_endpoint() as token_uri:
+    with token_endpoint() as token_uri, recording_proxy(gcs_emulator) as proxy:
         env = {
-            "STORAGE_EMULATOR_HOST": gcs_emulator,  # google-cloud-storage (Beam's gs filesystem) and gcsfs
+            "STORAGE_EMULATOR_HOST": proxy.url,  # google-cloud-storage (Beam's gs filesystem) and gcsfs
             "GOOGLE_APPLICATION_CREDENTIALS": str(service_account_key(tmp_path / "key.json", token_uri)),
             "GOOGLE_CLOUD_PROJECT": "labeller-test",
             "NO_GCE_CHECK": "True",  # google.auth never probes the GCE metadata server
@@ -161,7 +169,7 @@ def test_gs_input_model_and_output(tmp_path, gcs_emulator, tiny_model, labels_fi
     success = json.loads(blobs[success_name].download_as_bytes())
     shards = [blob.download_as_bytes() for name, blob in sorted(blobs.items()) if name.endswith(".parquet")]
     assert not [name for name in blobs if "/_staging-" in name], "the staging folder is removed"
-    _check_run(success, shards, "gs")
+    _check_run(success, shards, "gs", proxy)
 
 
 # s3:// ------------------------------------------------------------------------------------------------------------
@@ -186,8 +194,6 @@ def test_s3_input_model_and_output(s3_server, tiny_model, labels_file, shared):
     import boto3
 
     env = {
-        # botocore (under both s3fs and Beam's S3 filesystem) takes its endpoint from AWS_ENDPOINT_URL_S3.
-        "AWS_ENDPOINT_URL_S3": s3_server,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -204,13 +210,16 @@ def test_s3_input_model_and_output(s3_server, tiny_model, labels_file, shared):
     for name, data in _bucket_files(tiny_model, labels_file, shared).items():
         s3.put_object(Bucket=BUCKET, Key=name, Body=data)
 
-    result = run_cli(
-        "--input", f"s3://{BUCKET}/images/",
-        "--output", f"s3://{BUCKET}/labels/dt={{date}}/",
-        "--model", f"s3://{BUCKET}/models/tiny",
-        "--labels", f"s3://{BUCKET}/meta/ImageNetLabels.txt",
-        env=env,
-    )  # fmt: skip
+    with recording_proxy(s3_server) as proxy:
+        # botocore (under both s3fs and Beam's S3 filesystem) takes its endpoint from AWS_ENDPOINT_URL_S3.
+        env["AWS_ENDPOINT_URL_S3"] = proxy.url
+        result = run_cli(
+            "--input", f"s3://{BUCKET}/images/",
+            "--output", f"s3://{BUCKET}/labels/dt={{date}}/",
+            "--model", f"s3://{BUCKET}/models/tiny",
+            "--labels", f"s3://{BUCKET}/meta/ImageNetLabels.txt",
+            env=env,
+        )  # fmt: skip
 
     assert result.returncode == 0, result.stderr[-3000:]
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="labels/dt=").get("Contents", [])]
@@ -218,4 +227,4 @@ def test_s3_input_model_and_output(s3_server, tiny_model, labels_file, shared):
     success = json.loads(s3.get_object(Bucket=BUCKET, Key=success_key)["Body"].read())
     shards = [s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in sorted(keys) if key.endswith(".parquet")]
     assert not [key for key in keys if "/_staging-" in key], "the staging folder is removed"
-    _check_run(success, shards, "s3")
+    _check_run(success, shards, "s3", proxy)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import http.server
 import ipaddress
@@ -10,14 +12,19 @@ import re
 import socket
 import sys
 import threading
+import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import fsspec.asyn
 import pytest
 from conftest import label, read_output, run_job
 
+import beam_pipeline
 from beam_pipeline import errors
 from beam_pipeline.decode import reading
+from beam_pipeline.decode.limits import ReadLimits
 
 HANG_LIMIT = 60.0  # the longest any handler waits, so a client that never gives up cannot hang the test
 STREAM_TOTAL = 1 << 30  # what /stream would send if the client read it all
@@ -31,6 +38,9 @@ class Served:
     requests: collections.Counter = field(default_factory=collections.Counter)  # (method, path) -> count
     client_closed_early: threading.Event = field(default_factory=threading.Event)
     stream_bytes_sent: list[int] = field(default_factory=lambda: [0])
+    user_agents: set = field(default_factory=set)
+    slow_now: int = 0  # /slow/ requests being answered now, and the most at once
+    slow_most: int = 0
 
     @property
     def port(self) -> int:
@@ -54,7 +64,9 @@ def serve(image: bytes) -> Iterator[Served]:
 
     /image.jpg the image; /status/N status N (3xx to /image.jpg); /loop redirects to itself; /hang accepts the
     request and never answers; /big declares a 1e9-byte body and sends none; /stream sends a body with no
-    Content-Length until the client goes away.
+    Content-Length until the client goes away; /robots/TAG the image with `X-Robots-Tag: TAG` (URL-quoted), and
+    /robots-big/TAG the same header over /big's answer; /slow/NAME the image after 0.3 s, counting how many such
+    requests are answered at once.
     """
     stop = threading.Event()
     lock = threading.Lock()
@@ -84,8 +96,27 @@ def serve(image: bytes) -> Iterator[Served]:
         def _respond(self) -> None:
             with lock:
                 served.requests[self.command, self.path] += 1
+                served.user_agents.add(self.headers.get("User-Agent"))
             path = self.path
             if path == "/image.jpg":
+                self._send(200, image, {"Content-Type": "image/jpeg"})
+            elif path.startswith("/robots/"):
+                self._send(200, image, {"X-Robots-Tag": urllib.parse.unquote(path.split("/", 2)[2])})
+            elif path.startswith("/robots-big/"):
+                self.send_response(200)
+                self.send_header("X-Robots-Tag", urllib.parse.unquote(path.split("/", 2)[2]))
+                self.send_header("Content-Length", str(10**9))
+                self.end_headers()
+                self.wfile.flush()
+                self.close_connection = True
+                self._wait_for_client_to_close()
+            elif path.startswith("/slow/"):
+                with lock:
+                    served.slow_now += 1
+                    served.slow_most = max(served.slow_most, served.slow_now)
+                time.sleep(0.3)
+                with lock:
+                    served.slow_now -= 1
                 self._send(200, image, {"Content-Type": "image/jpeg"})
             elif path == "/loop":
                 self._send(302, headers={"Location": "/loop"})
@@ -300,6 +331,73 @@ def test_a_name_resolving_to_a_private_address_is_blocked(server, monkeypatch, a
     failure = _failure(f"http://inside.test:{server.port}/image.jpg", allow_private_hosts=False, retries=3)
     assert failure.error_type == "BlockedHost" and answer in str(failure)
     assert not server.requests
+
+
+def test_requests_name_the_job_unless_told_otherwise(server):
+    _read(f"{server.url}/image.jpg")
+    assert server.user_agents == {f"beam-image-labeller/{beam_pipeline.__version__}"}
+    server.user_agents.clear()
+    _read(f"{server.url}/image.jpg", user_agent="my-crawler/2 (+https://example.com/bot)")
+    assert server.user_agents == {"my-crawler/2 (+https://example.com/bot)"}
+
+
+@pytest.mark.parametrize(
+    "tag",
+    ["noai", "noimageai", "noindex, NoImageAI", "beam-image-labeller: noai", "my-crawler: noimageai, noindex"],
+)
+def test_an_x_robots_tag_refusing_ai_use_is_disallowed_and_not_retried(server, tag):
+    url = f"{server.url}/robots/{urllib.parse.quote(tag)}"
+    failure = _failure(url, retries=3, user_agent="my-crawler/2")
+    assert failure.error_type == "Disallowed" and "X-Robots-Tag" in str(failure) and not failure.transient
+    assert sum(server.requests.values()) == 1
+
+
+@pytest.mark.parametrize("tag", ["noindex, nofollow", "otherbot: noai", "unavailable_after: 25 Jun 2030 15:00 PST"])
+def test_other_x_robots_tags_are_read(server, image, tag):
+    assert _read(f"{server.url}/robots/{urllib.parse.quote(tag)}", user_agent="my-crawler/2") == image
+
+
+def test_an_x_robots_tag_is_honoured_before_the_body_and_can_be_ignored(server, image):
+    failure = _failure(f"{server.url}/robots-big/noai", max_bytes=2 * 10**9)
+    assert failure.error_type == "Disallowed"
+    assert server.client_closed_early.wait(10), "the client hung up instead of waiting for the body"
+    assert _read(f"{server.url}/robots/noai", honour_robots_tag=False) == image
+
+
+def test_reads_are_many_at_once_within_the_cap_per_host_and_every_row_comes_out_once(
+    tmp_path, shared, server, tiny_model, labels_file
+):
+    """24 reads that each take 0.3 s, on a job whose decode pool has fewer threads than the per-host cap."""
+    slow = [f"{server.url}/slow/{i}.jpg" for i in range(24)]
+    denied = f"{server.url}/robots/noimageai"
+    manifest = tmp_path / "m.txt"
+    manifest.write_text("\n".join([*slow, denied, str(shared / "images" / "photos" / "cat.bmp"), slow[0]]))
+    prefix = tmp_path / "out" / "labels"
+    flags = ["--allow-private-hosts", "--requests-per-host", "6", "--reads-in-flight", "12", "--user-agent", "t/1"]
+    assert label(manifest, prefix, tiny_model, labels_file, *flags) == 0
+
+    rows = read_output(prefix).to_pylist()
+    assert sorted(r["uri"] for r in rows) == sorted([*slow, slow[0], denied, str(shared / "images/photos/cat.bmp")])
+    assert {r["error_type"] for r in rows if r["uri"] == denied} == {"Disallowed"}
+    assert all(r["status"] == "ok" for r in rows if r["uri"] != denied)
+    assert server.slow_most == 6, "as many reads at once as the per-host cap allows, more than the decode threads"
+    assert server.user_agents == {"t/1"}
+
+
+def test_finished_reads_wait_for_the_byte_budget_and_one_bigger_than_it_waits_to_be_alone():
+    limits = ReadLimits(reads=4, per_host=2, budget=100)
+
+    def hold(size: int) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(limits.hold(size), fsspec.asyn.get_loop())
+
+    assert hold(60).result(5) == 60
+    second, huge = hold(60), hold(500)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        second.result(0.5)  # 60 + 60 > 100: it cannot be granted before a release
+    limits.release(60)
+    assert second.result(5) == 60 and not huge.done()
+    limits.release(60)
+    assert huge.result(5) == 100, "a read over the whole budget takes all of it, alone"
 
 
 def test_read_timeout_flag_must_be_positive(tmp_path, capsys):

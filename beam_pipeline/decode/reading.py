@@ -1,7 +1,14 @@
-"""Reads the bytes of one image URI through fsspec, within the job's limits, retrying transient failures."""
+"""Reads the bytes of one image URI through fsspec, within the job's limits, retrying transient failures.
+
+http(s), gs and s3 are read by one request each, a GET of at most --max-bytes + 1 bytes, as coroutines on fsspec's
+event loop (`start_read`, used by the decode DoFn, or `read_image_bytes`, which waits for it); other filesystems
+(local files first) are read in the calling thread, as before.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import ipaddress
 import random
@@ -10,11 +17,13 @@ import time
 
 import aiohttp
 import fsspec
+import fsspec.asyn
 from aiohttp.resolver import ThreadedResolver
-from fsspec.asyn import sync
 from fsspec.core import split_protocol
 
 from beam_pipeline import errors
+from beam_pipeline.decode import polite
+from beam_pipeline.decode.limits import DEFAULT_READS_IN_FLIGHT, DEFAULT_REQUESTS_PER_HOST, limits_for
 
 DEFAULT_ALLOWED_SCHEMES = ("file", "gs", "gcs", "s3", "memory", "http", "https")
 DEFAULT_MAX_BYTES = 50_000_000
@@ -28,18 +37,24 @@ DEFAULT_READ_TIMEOUT = 30.0
 BACKOFF_SECONDS = 0.2  # first retry delay; doubled each time, with jitter, capped at BACKOFF_CAP_SECONDS
 BACKOFF_CAP_SECONDS = 10.0
 _HTTP_SCHEMES = ("http", "https")
+ASYNC_SCHEMES = frozenset({*_HTTP_SCHEMES, "gs", "gcs", "s3"})  # read on fsspec's event loop, one request each
 
 
 @dataclasses.dataclass(frozen=True)
 class ReadPolicy:
-    """How one image's bytes may be read: --max-bytes, --allowed-schemes, --read-retries, --read-timeout and
-    --allow-private-hosts, checked once at launch and passed together to every read."""
+    """How one image's bytes may be read: --max-bytes, --allowed-schemes, --read-retries, --read-timeout,
+    --allow-private-hosts, --reads-in-flight, --requests-per-host, --user-agent and --ignore-robots-tag, checked once
+    at launch and passed together to every read."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
     allowed_schemes: tuple[str, ...] = DEFAULT_ALLOWED_SCHEMES
     retries: int = DEFAULT_READ_RETRIES
     timeout: float = DEFAULT_READ_TIMEOUT
     allow_private_hosts: bool = False
+    reads_in_flight: int = DEFAULT_READS_IN_FLIGHT
+    requests_per_host: int = DEFAULT_REQUESTS_PER_HOST
+    user_agent: str = polite.DEFAULT_USER_AGENT
+    honour_robots_tag: bool = True
 
 
 def scheme_of(uri: str) -> str:
@@ -53,28 +68,85 @@ def read_image_bytes(uri: str | None, policy: ReadPolicy) -> bytes:
 
     A failure that is still transient after `policy.retries` retries becomes a ReadError marked transient.
     """
-    max_bytes, allowed_schemes, timeout = policy.max_bytes, policy.allowed_schemes, policy.timeout
-    if uri is None or not uri.strip():
-        raise errors.ImageInputError(errors.EMPTY_URI, "the row has no URI")
-    scheme = scheme_of(uri)
-    if scheme not in allowed_schemes:
-        raise errors.ImageInputError(
-            errors.UNSUPPORTED_SCHEME, f"scheme {scheme!r} is not in --allowed-schemes ({', '.join(allowed_schemes)})"
-        )
+    scheme = _checked_scheme(uri, policy)
+    if scheme in ASYNC_SCHEMES:
+        return start_read(uri, policy, hold=False).result()
     for attempt in range(policy.retries + 1):
         try:
-            if scheme in _HTTP_SCHEMES:
-                data = _read_http(uri, max_bytes, timeout, public_only=not policy.allow_private_hosts)
-            else:
-                data = _read(uri, max_bytes, _storage_options(scheme, timeout))
+            data = _read(uri, policy.max_bytes)
             break
         except Exception as exc:
             if not errors.is_transient_read_failure(exc):
                 raise
             if attempt == policy.retries:
-                raise _gave_up(exc, attempt + 1, timeout) from exc
-            delay = min(BACKOFF_CAP_SECONDS, BACKOFF_SECONDS * 2**attempt)
-            time.sleep(delay * random.uniform(0.5, 1.0))
+                raise _gave_up(exc, attempt + 1, policy.timeout) from exc
+            time.sleep(_backoff(attempt))
+    return _checked_size(data, policy.max_bytes)
+
+
+def start_read(uri: str, policy: ReadPolicy, *, hold: bool = True) -> concurrent.futures.Future:
+    """Starts reading an http(s), gs or s3 URI on fsspec's event loop; the future's result is the bytes.
+
+    With `hold`, the bytes are counted in the process's read budget once read, until `release_bytes(len(data))`.
+    Checks of the URI itself raise here, in the caller's thread.
+    """
+    scheme = _checked_scheme(uri, policy)
+    if scheme in _HTTP_SCHEMES:
+        fs = _http_filesystem(policy)
+        url = fs.encode_url(uri)
+        if not policy.allow_private_hosts:
+            _check_ip_literal(url.host)
+        host, attempt = url.host, _http_attempt(fs, url, policy)
+    else:
+        # Made here, not on the loop: a filesystem's constructor may itself wait on the loop (fsspec's sync()).
+        fs = fsspec.filesystem(scheme, **_storage_options(scheme, policy.timeout))
+        host, attempt = None, _range_attempt(fs, uri, policy.max_bytes)
+    coroutine = _read_remote(attempt, host, policy, hold)
+    return asyncio.run_coroutine_threadsafe(coroutine, fsspec.asyn.get_loop())
+
+
+def release_bytes(held: int, policy: ReadPolicy) -> None:
+    """Gives back to the read budget what a `start_read(..., hold=True)` result held (its length)."""
+    limits_for(policy.reads_in_flight, policy.requests_per_host).release(held)
+
+
+def _checked_scheme(uri: str | None, policy: ReadPolicy) -> str:
+    if uri is None or not uri.strip():
+        raise errors.ImageInputError(errors.EMPTY_URI, "the row has no URI")
+    scheme = scheme_of(uri)
+    if scheme not in policy.allowed_schemes:
+        allowed = ", ".join(policy.allowed_schemes)
+        message = f"scheme {scheme!r} is not in --allowed-schemes ({allowed})"
+        raise errors.ImageInputError(errors.UNSUPPORTED_SCHEME, message)
+    return scheme
+
+
+async def _read_remote(attempt, host: str | None, policy: ReadPolicy, hold: bool) -> bytes:
+    """Runs `attempt()` (one request) within the process's limits, retrying transient failures with backoff."""
+    limits = limits_for(policy.reads_in_flight, policy.requests_per_host)
+    for tries in range(policy.retries + 1):
+        try:
+            async with limits.request(host):
+                data = await attempt()
+            break
+        except Exception as exc:
+            if not errors.is_transient_read_failure(exc):
+                raise
+            if tries == policy.retries:
+                raise _gave_up(exc, tries + 1, policy.timeout) from exc
+        await asyncio.sleep(_backoff(tries))  # outside the limits: a backing-off read holds no slot
+    data = _checked_size(data, policy.max_bytes)
+    if hold:
+        await limits.hold(len(data))
+    return data
+
+
+def _backoff(attempt: int) -> float:
+    delay = min(BACKOFF_CAP_SECONDS, BACKOFF_SECONDS * 2**attempt)
+    return delay * random.uniform(0.5, 1.0)
+
+
+def _checked_size(data: bytes, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise _too_large(max_bytes)
     if not data:
@@ -87,7 +159,7 @@ def _gave_up(exc: Exception, attempts: int, timeout: float) -> errors.ImageInput
     if isinstance(exc, errors.ImageInputError):
         detail = str(exc)
     elif errors.is_timeout(exc):
-        while not str(exc) and exc.__cause__:  # fsspec's sync() re-raises the filesystem's timeout bare, from it
+        while not str(exc) and exc.__cause__:  # some filesystems re-raise the timeout bare, from the original
             exc = exc.__cause__
         detail = f"timed out (--read-timeout {timeout:g} s): {errors.describe(exc)}"
     else:
@@ -101,10 +173,29 @@ def _too_large(max_bytes: int, declared: int | None = None) -> errors.ImageInput
     return errors.ImageInputError(errors.FILE_TOO_LARGE, f"{size} is over --max-bytes ({max_bytes} bytes)")
 
 
-def _read(uri: str, max_bytes: int, options: dict) -> bytes:
-    with fsspec.open(uri, "rb", **options) as f:
-        # Read one byte past the limit instead of asking for the size first: one round trip on object stores.
+def _read(uri: str, max_bytes: int) -> bytes:
+    with fsspec.open(uri, "rb") as f:
+        # Read one byte past the limit instead of asking for the size first.
         return f.read(max_bytes + 1)
+
+
+def _range_attempt(fs, uri: str, max_bytes: int):
+    """One ranged GET of bytes [0, max_bytes] (gcsfs's and s3fs's `_cat_file` ask no size first with both ends)."""
+
+    async def attempt() -> bytes:
+        try:
+            return await fs._cat_file(uri, start=0, end=max_bytes + 1)
+        except Exception as exc:
+            if _range_not_satisfiable(exc):
+                return b""  # a range from byte 0 is unsatisfiable only for an empty object (GCS and S3 answer 416)
+            raise
+
+    return attempt
+
+
+def _range_not_satisfiable(exc: BaseException) -> bool:
+    """gcsfs's HttpError carries the status; s3fs turns botocore's InvalidRange into an OSError from it."""
+    return any(getattr(e, "code", None) == 416 or "InvalidRange" in str(e) for e in (exc, exc.__cause__))
 
 
 def _storage_options(scheme: str, timeout: float) -> dict:
@@ -123,40 +214,47 @@ def _configured(protocol: str, key: str, **ours) -> dict:
     return {**fsspec.config.conf.get(protocol, {}).get(key, {}), **ours}
 
 
-def _read_http(uri: str, max_bytes: int, timeout: float, *, public_only: bool) -> bytes:
+def _http_filesystem(policy: ReadPolicy):
+    """fsspec's HTTP filesystem (its session and event loop), connecting to public hosts only unless allowed."""
+    client_timeout = aiohttp.ClientTimeout(connect=policy.timeout, sock_read=policy.timeout)
+    client_kwargs = _configured("http", "client_kwargs", timeout=client_timeout)
+    if policy.allow_private_hosts:
+        return fsspec.filesystem("http", client_kwargs=client_kwargs)
+    return fsspec.filesystem("http", client_kwargs=client_kwargs, get_client=_public_only_session)
+
+
+def _http_attempt(fs, url, policy: ReadPolicy):
     """One GET through fsspec's HTTP filesystem session, with our own status handling.
 
     fsspec's open() sends a HEAD first and passes every status but 404 to raise_for_status (so a 3xx body reads as
     the file); its cat_file() reads the whole body whatever its size. Hence the request is made here, on fsspec's
     session and event loop.
     """
-    client_timeout = aiohttp.ClientTimeout(connect=timeout, sock_read=timeout)
-    client_kwargs = _configured("http", "client_kwargs", timeout=client_timeout)
-    if public_only:
-        fs = fsspec.filesystem("http", client_kwargs=client_kwargs, get_client=_public_only_session)
-    else:
-        fs = fsspec.filesystem("http", client_kwargs=client_kwargs)
-    url = fs.encode_url(uri)
-    if public_only:
-        _check_ip_literal(url.host)
-    try:
-        return sync(fs.loop, _get, fs, url, max_bytes, not public_only)
-    except aiohttp.TooManyRedirects as exc:
-        raise errors.ImageInputError(
-            errors.READ_ERROR, f"too many redirects ({len(exc.history)}; a redirect loop?) from {uri}", transient=False
-        ) from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-        raise errors.ImageInputError(errors.READ_ERROR, errors.describe(exc), transient=True) from exc
+
+    async def attempt() -> bytes:
+        try:
+            return await _get(fs, url, policy)
+        except aiohttp.TooManyRedirects as exc:
+            message = f"too many redirects ({len(exc.history)}; a redirect loop?) from {url}"
+            raise errors.ImageInputError(errors.READ_ERROR, message, transient=False) from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+            raise errors.ImageInputError(errors.READ_ERROR, errors.describe(exc), transient=True) from exc
+
+    return attempt
 
 
-async def _get(fs, url, max_bytes: int, follow_redirects: bool) -> bytes:
+async def _get(fs, url, policy: ReadPolicy) -> bytes:
+    max_bytes = policy.max_bytes
     session = await fs.set_session()
     options = dict(fs.kwargs)  # request options from fsspec's config (headers, auth), as fsspec's own calls use
     # Images are compressed already; identity keeps Content-Length the size that --max-bytes is about.
-    headers = {**options.pop("headers", {}), "Accept-Encoding": "identity"}
+    headers = {**options.pop("headers", {}), "Accept-Encoding": "identity", "User-Agent": policy.user_agent}
     options.pop("allow_redirects", None)
-    async with session.get(url, headers=headers, allow_redirects=follow_redirects, **options) as response:
+    follow = policy.allow_private_hosts
+    async with session.get(url, headers=headers, allow_redirects=follow, **options) as response:
         _check_status(response)
+        if policy.honour_robots_tag:
+            _check_robots_tag(response, policy.user_agent)
         if response.content_length is not None and response.content_length > max_bytes:
             response.close()  # drop the connection rather than receive a body that will not be read
             raise _too_large(max_bytes, response.content_length)
@@ -169,6 +267,15 @@ async def _get(fs, url, max_bytes: int, follow_redirects: bool) -> bytes:
         if len(data) > max_bytes:
             response.close()
         return bytes(data)
+
+
+def _check_robots_tag(response: aiohttp.ClientResponse, user_agent: str) -> None:
+    """Refuses, before the body is read, an image whose server says `X-Robots-Tag: noai` or `noimageai` to us."""
+    directive = polite.refusal(response.headers.getall("X-Robots-Tag", []), user_agent)
+    if directive is not None:
+        response.close()
+        message = f"the server's X-Robots-Tag says {directive} (see --ignore-robots-tag)"
+        raise errors.ImageInputError(errors.DISALLOWED, message)
 
 
 def _check_status(response: aiohttp.ClientResponse) -> None:

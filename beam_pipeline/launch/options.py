@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from beam_pipeline.decode.limits import DEFAULT_READS_IN_FLIGHT, DEFAULT_REQUESTS_PER_HOST
+from beam_pipeline.decode.polite import DEFAULT_USER_AGENT
 from beam_pipeline.decode.preprocess import DEFAULT_MAX_IMAGE_PIXELS, RESIZE_MODES
 from beam_pipeline.decode.reading import (
     DEFAULT_ALLOWED_SCHEMES,
@@ -199,6 +201,31 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_READ_TIMEOUT,
         help="Seconds one read attempt may wait to connect, and then for each next part of the response, on http(s), "
         f"gs and s3; then it is retried per --read-retries (default: {DEFAULT_READ_TIMEOUT:g}).",
+    )
+    group.add_argument(
+        "--reads-in-flight",
+        type=_int_at_least(1),
+        default=DEFAULT_READS_IN_FLIGHT,
+        help="http(s), gs and s3 reads one worker process keeps in flight at once, apart from its decode threads "
+        f"(default: {DEFAULT_READS_IN_FLIGHT}).",
+    )
+    group.add_argument(
+        "--requests-per-host",
+        type=_int_at_least(1),
+        default=DEFAULT_REQUESTS_PER_HOST,
+        help="http(s) requests one worker process sends one host at once (a job's total is this times its worker "
+        f"processes) (default: {DEFAULT_REQUESTS_PER_HOST}).",
+    )
+    group.add_argument(
+        "--user-agent",
+        default=DEFAULT_USER_AGENT,
+        help=f"User-Agent of http(s) requests (default: {DEFAULT_USER_AGENT}).",
+    )
+    group.add_argument(
+        "--ignore-robots-tag",
+        action="store_true",
+        help="Read http(s) images whose response says X-Robots-Tag noai or noimageai (default: such images become "
+        "Disallowed rows, refused before the body is read).",
     )
     group.add_argument(
         "--max-error-fraction",
