@@ -42,6 +42,8 @@ RESULT_FIELDS = [
     pa.field("top_k", TOP_K_TYPE),
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
+    pa.field("content_sha256", pa.string()),  # hex sha256 of the bytes read; null when nothing was read
+    pa.field("phash", pa.string()),  # 64-bit perceptual hash, 16 hex digits; null when the image did not decode
     pa.field("model", pa.string()),
     pa.field("labelled_at", pa.timestamp("us", tz="UTC")),
 ]
@@ -88,6 +90,8 @@ def error_row(row: dict, exc: BaseException, *, error_type: str, model_id: str) 
         "top_k": None,
         "width": row.get("width"),
         "height": row.get("height"),
+        "content_sha256": row.get("content_sha256"),
+        "phash": row.get("phash"),
         "model": model_id,
         "labelled_at": _now(),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -95,7 +96,8 @@ class DecodeImage(beam.DoFn):
                 yield WindowedValue(value, timestamp, (window,))
 
     def decode_row(self, row: dict) -> tuple[str | None, object]:
-        """(None, (row with width/height, pixels)) or (FAILED_TAG, error row); every failure becomes a row."""
+        """(None, (row with width/height and content identity, pixels)) or (FAILED_TAG, error row); every failure
+        becomes a row, and a row whose bytes were read carries their sha256 whether or not they decode."""
         stage_is_read = True
         try:
             if MANIFEST_ERROR_KEY in row:
@@ -103,8 +105,9 @@ class DecodeImage(beam.DoFn):
                 raise errors.ImageInputError(errors.BAD_MANIFEST_ROW, row.pop(MANIFEST_ERROR_KEY))
             data = read_image_bytes(row["uri"], self._read_policy)
             stage_is_read = False
-            pixels, (width, height) = decode_image(data, self._decode_spec, budget=PIXEL_BUDGET)
+            row = {**row, "content_sha256": hashlib.sha256(data).hexdigest()}
+            pixels, (width, height), phash = decode_image(data, self._decode_spec, budget=PIXEL_BUDGET)
         except Exception as exc:  # noqa: BLE001 - every failure of one input becomes its error row
             error_type = errors.error_type_of(exc, while_reading=stage_is_read)
             return FAILED_TAG, error_row(row, exc, error_type=error_type, model_id=self._model_id)
-        return None, ({**row, "width": width, "height": height}, pixels)
+        return None, ({**row, "width": width, "height": height, "phash": phash}, pixels)

@@ -21,6 +21,10 @@ DEFAULT_WORKERS = 8
 # The job's own limits (DEFAULT_MAX_BYTES too), so the report reads images within the same bounds.
 MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 SCORE_BINS = 20
+# Perceptual hashes at most this many bits apart are near-duplicates. Measured on the 100-image ImageNet sample
+# (docs/embeddings.md): copies resized to 0.3-1.5x and re-encoded as JPEG at quality 60-90 are within 6 bits of
+# their original; the closest two different images are 16 bits apart.
+NEAR_DUPLICATE_DISTANCE = 10
 
 
 class ReportError(Exception):
