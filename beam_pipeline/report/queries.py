@@ -12,13 +12,14 @@ import duckdb
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from beam_pipeline.records import LEADING_FIELDS, RESULT_FIELDS, STATUS_OK
+from beam_pipeline.records import EMBEDDING, LEADING_FIELDS, RESULT_FIELDS, STATUS_OK
 from beam_pipeline.report.data import SCORE_BINS, Failure, Options, Prediction, ReportData, ReportError
 from beam_pipeline.report.files import read_success, resolve_inputs
 from beam_pipeline.report.text import MAX_TEXT
 
-# Output columns the report does without (it then shows no image sizes, models or time range).
-OPTIONAL_COLUMNS = frozenset({"width", "height", "model", "labelled_at"})
+# Output columns the report does without (it then shows no image sizes, models or time range); content identity and
+# embeddings are not shown yet.
+OPTIONAL_COLUMNS = frozenset({"width", "height", "model", "labelled_at", "content_sha256", "phash", EMBEDDING})
 REQUIRED_COLUMNS = tuple(f.name for f in LEADING_FIELDS + RESULT_FIELDS if f.name not in OPTIONAL_COLUMNS)
 MAX_ERROR_TYPES = 50
 MAX_MODELS = 20
