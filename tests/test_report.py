@@ -168,6 +168,7 @@ def test_million_rows_bounded(tmp_path: Path) -> None:
         pq.write_table(table, tmp_path / f"labels-{s:05d}-of-{shards:05d}.parquet")
     page = render(str(tmp_path / "labels"), tmp_path)
     assert card_value(page, "rows") == n
+    assert "(100,000 groups, 200,000 rows;" in page
     assert card_value(page, "distinct labels") == 1000
     assert len(page.encode()) < 3_000_000
     assert page.count('class="placeholder"') <= DEFAULT_MAX_THUMBNAILS
