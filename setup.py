@@ -69,6 +69,7 @@ setup(
             "pyiceberg[sql-sqlite]>=0.9,<1",  # the two-night warehouse test commits to a local Iceberg table
             "hypothesis>=6",  # property-style tests of the one-row-per-input invariant
             "ai-edge-litert>=2.0,<3",
+            "imagehash>=4.3",  # the reference pHash that decode/preprocess.perceptual_hash is checked against
         ],
     },
     entry_points={

@@ -52,6 +52,12 @@ class JobConfig:
     large_model: bool
     threads_per_process: int | None  # model and decode threads of one worker process; None: every core
     iceberg: IcebergTarget | None
+    embedding_size: int | None = None  # --embeddings (or a feature-vector model): the embedding's length
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The output schema of this job's rows."""
+        return output_schema(self.carried, self.embedding_size)
 
 
 def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) -> beam.PCollection:
@@ -64,7 +70,7 @@ def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) 
     rows_in = rows | "CountRowsIn" >> beam.combiners.Count.Globally()
     if job.earlier_shards:
         rows, rows_skipped = rows | "SkipLabelled" >> SkipLabelled(
-            list(job.earlier_shards), job.model.model_id, job.relabel_errors
+            list(job.earlier_shards), job.model.model_id, job.relabel_errors, embeddings=job.embedding_size is not None
         )
     else:
         rows_skipped = pipeline | "NoneSkipped" >> beam.Create([0])
@@ -76,7 +82,7 @@ def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) 
     staging = staging_prefix(job.output, job.run_id)
     files, stats = [], []
     for name, branch in branches.items():
-        files.append(branch | f"Write{name}" >> WriteParquetFiles(staging, output_schema(job.carried)))
+        files.append(branch | f"Write{name}" >> WriteParquetFiles(staging, job.schema))
         stats.append(branch | f"Count{name}" >> beam.CombineGlobally(RowStats()))
     return {
         "shards": files | "AllFiles" >> beam.Flatten(),
@@ -108,6 +114,7 @@ class LabelRows(beam.PTransform):
             max_batch_size=job.max_batch_size,
             large_model=job.large_model,
             num_threads=job.threads_per_process,
+            embeddings=job.embedding_size is not None,
         )
         decoded = rows | "Decode" >> beam.ParDo(
             DecodeImage(
@@ -134,7 +141,7 @@ def run_info(job: JobConfig) -> RunInfo:
         run_id=job.run_id,
         started_at=job.started_at,
         output=job.output,
-        schema=output_schema(job.carried),
+        schema=job.schema,
         overwrite=job.overwrite,
         iceberg=job.iceberg,
         model_id=job.model.model_id,

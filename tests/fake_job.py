@@ -21,6 +21,7 @@ from PIL import Image
 from beam_pipeline import errors, pipeline
 from beam_pipeline.decode.preprocess import DecodeSpec
 from beam_pipeline.decode.reading import ReadPolicy
+from beam_pipeline.model.backends import ModelOutputs
 from beam_pipeline.model.handler import ImageClassifierHandler
 from beam_pipeline.model.resolve import ModelRef
 from beam_pipeline.pipeline import JobConfig
@@ -270,6 +271,12 @@ def model_exception(first_pixels: list[int]) -> Exception | None:
 
 class FakeClassifier:
     """Probabilities TOP_SCORES for classes v, v + 1, v + 2 of an image whose first pixel is v."""
+
+    num_classes = len(LABELS)
+    embedding_size = None
+
+    def infer(self, images: np.ndarray) -> ModelOutputs:
+        return ModelOutputs(self.predict(images), None)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         first_pixels = [int(v) for v in images[:, 0, 0, 0]]

@@ -222,12 +222,16 @@ def row(uri: str, i: int, label: str | None = "tabby", score: float = 0.9, secon
 
 
 def write_run(
-    directory: str, rows: list[dict[str, Any]], shards: int = 2, success: dict[str, Any] | None = None
+    directory: str,
+    rows: list[dict[str, Any]],
+    shards: int = 2,
+    success: dict[str, Any] | None = None,
+    embedding_size: int | None = None,
 ) -> str:
     """Write ``rows`` as a sharded Parquet run under the fsspec ``directory``; return the output prefix."""
     fs, root = fsspec.core.url_to_fs(directory)
     fs.makedirs(root, exist_ok=True)
-    schema = output_schema(CARRIED)
+    schema = output_schema(CARRIED, embedding_size)
     for k in range(shards):
         table = pa.Table.from_pylist(rows[k::shards], schema=schema)
         with fs.open(f"{root}/labels-{k:05d}-of-{shards:05d}.parquet", "wb") as f:

@@ -3,7 +3,6 @@ to storage: the harness of test_finalize_retry.py and test_finalize_retry_target
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import datetime
@@ -22,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import PredictionResult
 
 from beam_pipeline.layout import shard_names, staging_prefix
+from beam_pipeline.model.handler import ImageInference, ScoredClass
 from beam_pipeline.output.finalize import RowStats, RunInfo, finalize_run
 from beam_pipeline.output.iceberg import RUN_ID_PROPERTY, IcebergTarget
 from beam_pipeline.output.sink import ParquetFileWriter
@@ -30,7 +30,6 @@ from beam_pipeline.records import labelled_row, output_schema
 RUN_ID = "20261126T010000Z-abcdef"
 SCHEMA = output_schema()
 CARRIED_SCHEMA = output_schema(pa.schema([pa.field("id", pa.int64())]))
-Top = collections.namedtuple("Top", "class_id label score")
 
 
 class WorkerLost(BaseException):
@@ -115,7 +114,7 @@ def write_rows(paths: list[str], name: str, rows: int, *, schema: pa.Schema = SC
     for i, path in enumerate(paths):
         writer = ParquetFileWriter(path, schema)
         for j in range(rows):
-            prediction = PredictionResult(None, [Top(1, "cat", 0.9)], "fake://classifier")
+            prediction = PredictionResult(None, ImageInference([ScoredClass(1, "cat", 0.9)]), "fake://classifier")
             row = {"uri": f"/in/{name}-{i}-{j}.jpg", "id": i * rows + j, "width": 4, "height": 3}
             writer.add(labelled_row(row, prediction))
         written.append((writer.close(), writer.rows))

@@ -45,7 +45,7 @@ def test_a_large_rgba_png_is_reduced_before_compositing_and_matches_a_full_decod
     rgba = rng.integers(0, 255, (2400, 3200, 4), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buffer, "PNG", compress_level=1)
-    pixels, size = decode_image(buffer.getvalue(), DecodeSpec((224, 224), "squash", 10**8))
+    pixels, size, _ = decode_image(buffer.getvalue(), DecodeSpec((224, 224), "squash", 10**8))
     assert size == (3200, 2400) and pixels.shape == (224, 224, 3)
     # Reference: composite on white at full size, then the same bilinear resize.
     white = Image.new("RGBA", (3200, 2400), (255, 255, 255, 255))

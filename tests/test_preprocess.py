@@ -56,7 +56,7 @@ def test_the_dct_scale_is_pillows_draft_scale(width, needed):
 def test_cmyk_jpegs_are_decoded_by_pillow():
     data = jpeg_bytes(PHOTO.convert("CMYK"))
     assert not preprocess._is_turbo_jpeg(Image.open(io.BytesIO(data)))
-    pixels, size = decode_image(data, DecodeSpec((224, 224)))
+    pixels, size, _ = decode_image(data, DecodeSpec((224, 224)))
     assert pixels.shape == (224, 224, 3) and size == PHOTO.size
 
 

@@ -158,6 +158,9 @@ def test_million_rows_bounded(tmp_path: Path) -> None:
                 "top_k": pa.ListArray.from_arrays(offsets, items, mask=pa.array(~ok)),
                 "width": pa.array(np.full(per, 640, np.int32), mask=~ok),
                 "height": pa.array(np.full(per, 480, np.int32), mask=~ok),
+                # Every tenth id shares its bytes with the next one: 100,000 exact-duplicate pairs.
+                "content_sha256": pa.array([f"{i - (i % 10 == 1):064x}" for i in ids]),
+                "phash": pa.array([f"{h:016x}" for h in rng.integers(0, 2**63, size=per)], mask=~ok),
                 "model": pa.array(["m"] * per),
                 "labelled_at": pa.nulls(per, pa.timestamp("us", tz="UTC")),
             }
@@ -165,6 +168,7 @@ def test_million_rows_bounded(tmp_path: Path) -> None:
         pq.write_table(table, tmp_path / f"labels-{s:05d}-of-{shards:05d}.parquet")
     page = render(str(tmp_path / "labels"), tmp_path)
     assert card_value(page, "rows") == n
+    assert "(100,000 groups, 200,000 rows;" in page
     assert card_value(page, "distinct labels") == 1000
     assert len(page.encode()) < 3_000_000
     assert page.count('class="placeholder"') <= DEFAULT_MAX_THUMBNAILS

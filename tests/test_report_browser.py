@@ -61,6 +61,10 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (images / "empty.png").write_bytes(b"")
     jpeg = next(p for p in photos if p.suffix.lower() == ".jpg").read_bytes()
     (images / "truncated.jpg").write_bytes(jpeg[: int(len(jpeg) * 0.3)])
+    # A byte-identical copy and a smaller re-encoded one: the duplicates section's exact group and near pair.
+    shutil.copy(images / "cat.bmp", images / "cat-copy.bmp")
+    with Image.open(images / "hot_dog.jpg") as im:
+        im.resize((im.width * 3 // 4, im.height * 3 // 4)).save(images / "hot_dog-small.jpg", quality=80)
 
     cmd = [
         sys.executable,
@@ -74,6 +78,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(shared / "models" / "mobilenet_v3_small_100_224_float"),
         "--labels",
         str(shared / "labels" / "ImageNetLabels.txt"),
+        "--embeddings",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=PIPELINE_TIMEOUT_S, check=False)
     assert proc.returncode == 0, f"pipeline failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
@@ -93,14 +98,14 @@ def e2e(pipeline_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 
 def test_e2e_totals(e2e: dict[str, Any]) -> None:
-    """The summary cards show the run's counts: 8 images, the 5 photos labelled, the junk failed."""
+    """The summary cards show the run's counts: 10 images, the 5 photos and 2 copies labelled, the junk failed."""
     page, rows = e2e["page"], e2e["table"].to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
     failed = [r for r in rows if r["status"] != "ok"]
-    assert len(rows) == 8
+    assert len(rows) == 10
     assert {Path(r["uri"]).name for r in failed} >= {"x.jpg", "empty.png"}
     assert {Path(r["uri"]).name for r in ok} >= {"bird.bmp", "cat.bmp", "grace_hopper.bmp", "hot_dog.jpg"}
-    assert card_value(page, "rows") == 8
+    assert card_value(page, "rows") == 10
     assert card_value(page, "labelled") == len(ok)
     assert card_value(page, "failed") == len(failed)
     assert card_value(page, "distinct labels") == len({r["label"] for r in ok})
@@ -131,6 +136,7 @@ def test_e2e_label_sections_and_thumbnails(e2e: dict[str, Any]) -> None:
         for k in r["top_k"][:3]:
             assert f"{k['score']:.3f}" in page
     cards = expected_cards(table, E2E_REVIEW, E2E_MARGIN, E2E_PER_LABEL)
+    page = page[: page.index('<section id="duplicates">')]  # test_e2e_duplicates checks that section
     assert page.count("<figure ") == len(cards)
     srcs = thumbnails(page)
     # Every readable image is embedded; one the pipeline labelled but Pillow cannot decode is a placeholder.
@@ -141,6 +147,24 @@ def test_e2e_label_sections_and_thumbnails(e2e: dict[str, Any]) -> None:
             assert im.format == "JPEG" and max(im.size) <= 128
     assert "Lowest top-1 score" in page and "Close calls" in page
     assert '<img class="thumb" src="http' not in page
+
+
+def test_e2e_duplicates(e2e: dict[str, Any]) -> None:
+    """The copy of cat.bmp is an exact-duplicate group, the re-encoded hot dog a near-duplicate pair, and each
+    sampled image has nearest neighbours; the section's thumbnails are embedded."""
+    page = e2e["page"]
+    section = page[page.index('<section id="duplicates">') : page.index('<section id="failed">')]
+    exact = section[section.index('id="exact-duplicates"') : section.index("Near-duplicates")]
+    assert exact.count("<figure ") == 1 and "2 copies" in exact and "cat" in exact
+    near = section[section.index('id="near-duplicates"') : section.index("Nearest neighbours by embedding")]
+    assert "hot_dog.jpg" in near and "hot_dog-small.jpg" in near
+    rows = e2e["table"].to_pylist()
+    assert (
+        len({r["content_sha256"] for r in rows if r["content_sha256"]})
+        == len([r for r in rows if r["content_sha256"]]) - 1
+    )
+    assert "Nearest neighbours by embedding" in section and 'class="grid neighbours"' in section
+    assert thumbnails(section) and all(src.startswith(THUMB_PREFIX) for src in thumbnails(section))
 
 
 def test_e2e_failed_rows(e2e: dict[str, Any]) -> None:
@@ -191,6 +215,7 @@ def test_e2e_chromium_offline(e2e: dict[str, Any], tmp_path: Path) -> None:
     assert len(dom_thumbs) == len(thumbnails(e2e["page"])) > 0
     assert all(src.startswith(THUMB_PREFIX) for src in dom_thumbs)
     assert 'id="totals"' in proc.stdout and 'id="failed"' in proc.stdout
+    assert 'id="exact-duplicates"' in proc.stdout and 'id="near-duplicates"' in proc.stdout
     with Image.open(shot) as im:
         assert im.size == (1280, 2700)
         assert len(im.convert("L").getcolors(1 << 16) or []) > 50, "the screenshot is blank"

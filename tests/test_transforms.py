@@ -51,10 +51,11 @@ def test_row_matcher_fails_on_lost_duplicated_or_mistyped_rows():
     ok = {
         "uri": "a.png", "id": 1, "status": "ok", "error_type": None, "error_kind": None, "error": None, "label": "cat",
         "score": 0.5, "top_k": [{"class_id": 3, "label": "cat", "score": 0.5}], "width": 4, "height": 3, "model": "m",
-        "labelled_at": now,
+        "labelled_at": now, "content_sha256": "ab" * 32, "phash": "0123456789abcdef",
     }  # fmt: skip
     error = {**ok, "uri": "b.png", "status": "error", "error_type": "NotFound", "error": "FileNotFoundError: b.png"}
     error.update(error_kind=PERMANENT, label=None, score=None, top_k=None, width=None, height=None)
+    error.update(content_sha256=None, phash=None)
     match = valid_rows(["a.png", "b.png"], output_schema(CARRIED))
     match([ok, error])
     match([ok, {**error, "error_kind": TRANSIENT}])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -151,7 +152,8 @@ class DecodeImage(beam.DoFn):
             reading.release_bytes(len(data), self._read_policy)
 
     def decode_row(self, row: dict) -> tuple[str | None, object]:
-        """(None, (row with width/height, pixels)) or (FAILED_TAG, error row); every failure becomes a row."""
+        """(None, (row with width/height and content identity, pixels)) or (FAILED_TAG, error row); every failure
+        becomes a row, and a row whose bytes were read carries their sha256 whether or not they decode."""
         try:
             if MANIFEST_ERROR_KEY in row:
                 row = dict(row)
@@ -162,11 +164,12 @@ class DecodeImage(beam.DoFn):
         return self._decoded(row, data)
 
     def _decoded(self, row: dict, data: bytes) -> tuple[str | None, object]:
+        row = {**row, "content_sha256": hashlib.sha256(data).hexdigest()}
         try:
-            pixels, (width, height) = decode_image(data, self._decode_spec, budget=PIXEL_BUDGET)
+            pixels, (width, height), phash = decode_image(data, self._decode_spec, budget=PIXEL_BUDGET)
         except Exception as exc:  # noqa: BLE001 - every failure of one input becomes its error row
             return self._error_row(row, exc, while_reading=False)
-        return None, ({**row, "width": width, "height": height}, pixels)
+        return None, ({**row, "width": width, "height": height, "phash": phash}, pixels)
 
     def _error_row(self, row: dict, exc: Exception, *, while_reading: bool) -> tuple[str, dict]:
         error_type = errors.error_type_of(exc, while_reading=while_reading)

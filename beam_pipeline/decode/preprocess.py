@@ -22,6 +22,8 @@ CENTER_CROP_FRACTION = 0.875  # the usual ImageNet evaluation crop: the central 
 DRAFT_MARGIN = 2
 BAND_ROWS = 256  # rows of a full-size image reduced at a time
 WHITE = (255, 255, 255)
+PHASH_SIZE = 32  # the perceptual hash's grayscale thumbnail, a side
+PHASH_BITS_SIDE = 8  # its 8x8 lowest DCT frequencies: 64 bits
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 # What ImageOps.exif_transpose does per EXIF orientation; applied here after reducing, on the small image.
@@ -48,10 +50,11 @@ class DecodeSpec:
 
 def decode_image(
     data: bytes, spec: DecodeSpec, *, budget: PixelBudget | None = None
-) -> tuple[np.ndarray, tuple[int, int]]:
-    """Returns (uint8 array [height, width, 3], (original width, original height)).
+) -> tuple[np.ndarray, tuple[int, int], str]:
+    """Returns (uint8 array [height, width, 3], (original width, original height), perceptual hash).
 
-    The original size is the one a viewer shows: after the EXIF orientation is applied. The full-size decode holds
+    The original size is the one a viewer shows: after the EXIF orientation is applied. The perceptual hash is of
+    the whole image, taken from the already reduced pixels (see `perceptual_hash`). The full-size decode holds
     `budget` for its pixel count until the image is reduced, so a worker's threads never decode several huge
     images at once.
     """
@@ -79,8 +82,43 @@ def decode_image(
     if orientation in _ORIENTATION_TRANSPOSE:
         im = im.transpose(_ORIENTATION_TRANSPOSE[orientation])
     rgb = to_rgb(im)
-    resized = _center_crop(rgb, size) if resize == "center-crop" else rgb.resize(size, Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8), (width, height)
+    if resize == "center-crop":
+        whole = _scale_shorter_side(rgb, size)
+        resized = _crop_center(whole, size)
+    else:
+        whole = resized = rgb.resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8), (width, height), perceptual_hash(whole)
+
+
+def _dct_rows(n: int, rows: int) -> np.ndarray:
+    """The first `rows` rows of the n-point DCT-II matrix (unnormalised: `D @ x` is scipy.fftpack.dct(x, axis=0)
+    halved, which a comparison with the median does not see)."""
+    k, i = np.mgrid[0:rows, 0:n]
+    return np.cos(np.pi * k * (2 * i + 1) / (2 * n)).astype(np.float32)
+
+
+_PHASH_DCT = _dct_rows(PHASH_SIZE, PHASH_BITS_SIDE)
+
+
+def perceptual_hash(im: Image.Image) -> str:
+    """The standard 64-bit DCT perceptual hash (pHash) as 16 hex digits: grayscale, 32x32 (Lanczos), 2-D DCT, and
+    the 8x8 lowest frequencies each compared with their median, row by row, most significant bit first.
+
+    The steps and bit order of `imagehash.phash` (whose str() is this hex), written out rather than imported: a few
+    lines of numpy on pixels the decode already holds, where imagehash would add PyWavelets and scipy to every
+    worker for one function. `im` is the whole image as the resize step already reduced it (shorter side 256, or
+    squashed to the model's size), and Lanczos runs after a box reduction (`reducing_gap`): the cost is a few percent
+    of a decode, not the 60% that Lanczos over the decoded pixels took. Measured against imagehash on the full-size
+    files in docs/embeddings.md (within 2 of 64 bits on the ImageNet sample).
+    """
+    gray = im.convert("L").resize((PHASH_SIZE, PHASH_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    low = _PHASH_DCT @ np.asarray(gray, dtype=np.float32) @ _PHASH_DCT.T
+    return np.packbits(low > np.median(low)).tobytes().hex()
+
+
+def hamming_distance(a: str, b: str) -> int:
+    """Bits that differ between two perceptual hashes (hex strings)."""
+    return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
 def _is_turbo_jpeg(im: Image.Image) -> bool:
@@ -210,8 +248,9 @@ def _draft_size(size: tuple[int, int], resize: ResizeMode) -> tuple[int, int]:
     return DRAFT_MARGIN * size[0], DRAFT_MARGIN * size[1]
 
 
-def _center_crop(im: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Resizes the shorter side to size / CENTER_CROP_FRACTION (256 for 224), then takes the central `size`.
+def _scale_shorter_side(im: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The whole image with its shorter side resized to size / CENTER_CROP_FRACTION (256 for 224), never smaller
+    than `size`: the first half of the center crop (`_crop_center` takes the central `size` of it).
 
     This order (resize, then crop) reproduces the reference accuracy figures in ../shared/README.md. Resizing only
     the crop's source box (`resize(size, box=...)`, the same per-axis scale) was measured 23% less decode CPU on
@@ -223,6 +262,9 @@ def _center_crop(im: Image.Image, size: tuple[int, int]) -> Image.Image:
     short_side = round(max(size) / CENTER_CROP_FRACTION)
     scale = short_side / min(width, height)
     new_width, new_height = max(size[0], round(width * scale)), max(size[1], round(height * scale))
-    scaled = im.resize((new_width, new_height), Image.Resampling.BILINEAR)
-    left, top = (new_width - size[0]) // 2, (new_height - size[1]) // 2
-    return scaled.crop((left, top, left + size[0], top + size[1]))
+    return im.resize((new_width, new_height), Image.Resampling.BILINEAR)
+
+
+def _crop_center(im: Image.Image, size: tuple[int, int]) -> Image.Image:
+    left, top = (im.width - size[0]) // 2, (im.height - size[1]) // 2
+    return im.crop((left, top, left + size[0], top + size[1]))

@@ -1,7 +1,9 @@
 """Incremental runs: leave out input rows whose URI an earlier run already finished with the same model.
 
 Finished means labelled (`ok`) or failed for good (a permanent error); rows that failed transiently (a timeout, an
-HTTP 503, a failed inference batch) are labelled again, and `--relabel-errors` retries every failure. The earlier
+HTTP 503, a failed inference batch) are labelled again, and `--relabel-errors` retries every failure. A run with
+`--embeddings` counts an `ok` row as finished only in a shard that has the `embedding` column (every ok row of a
+run that wrote it has one), so rows labelled before embeddings were asked for are labelled again. The earlier
 output is joined with a CoGroupByKey on the URI inside the pipeline, so a nightly run over a growing manifest never
 holds the set of labelled URIs in one process. Rows without a usable URI never take part in the join: each of them
 comes out as its own error row, every night.
@@ -20,6 +22,7 @@ from beam_pipeline import errors
 from beam_pipeline.inputs.specs import has_glob
 from beam_pipeline.layout import shard_prefix
 from beam_pipeline.records import (
+    EMBEDDING,
     ERROR_KIND_PERMANENT,
     ERROR_KIND_TRANSIENT,
     MANIFEST_ERROR_KEY,
@@ -71,18 +74,24 @@ class SkipLabelled(beam.PTransform):
     `shards` are earlier output files (see find_earlier_shards); only rows of the same `model_id` count.
     """
 
-    def __init__(self, shards: list[str], model_id: str, relabel_errors: bool):
+    def __init__(self, shards: list[str], model_id: str, relabel_errors: bool, *, embeddings: bool = False):
         super().__init__()
         self._shards = shards
         self._model_id = model_id
         self._relabel_errors = relabel_errors
+        self._embeddings = embeddings
 
     def expand(self, rows):
         done = (
             rows.pipeline
             | "EarlierShards" >> beam.Create(self._shards)
             | "ReadEarlier"
-            >> beam.FlatMap(read_finished_uris, model_id=self._model_id, relabel_errors=self._relabel_errors)
+            >> beam.FlatMap(
+                read_finished_uris,
+                model_id=self._model_id,
+                relabel_errors=self._relabel_errors,
+                embeddings=self._embeddings,
+            )
             | "DoneByUri" >> beam.Map(lambda uri: (uri, True))
         )
         keyed = rows | "SplitByKey" >> beam.Partition(lambda row, _: 0 if has_join_key(row) else 1, 2)
@@ -102,8 +111,9 @@ def has_join_key(row: dict) -> bool:
     return isinstance(uri, str) and bool(uri.strip()) and MANIFEST_ERROR_KEY not in row
 
 
-def read_finished_uris(shard: str, *, model_id: str, relabel_errors: bool) -> Iterator[str]:
-    """URIs an earlier shard finished with `model_id`: ok rows, and permanent failures unless `relabel_errors`.
+def read_finished_uris(shard: str, *, model_id: str, relabel_errors: bool, embeddings: bool = False) -> Iterator[str]:
+    """URIs an earlier shard finished with `model_id`: ok rows (with `embeddings`, only in a shard that has them),
+    and permanent failures unless `relabel_errors`.
 
     pyarrow reads the shard rather than Beam's ReadAllFromParquet because the columns to read differ between
     shards of older and newer runs (`error_kind` is newer); a shard is read a record batch at a time.
@@ -111,10 +121,12 @@ def read_finished_uris(shard: str, *, model_id: str, relabel_errors: bool) -> It
     with fsspec.open(shard, "rb") as f:
         parquet = pq.ParquetFile(f)
         columns = [*NEEDED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in parquet.schema_arrow.names)]
+        ok_is_done = not embeddings or EMBEDDING in parquet.schema_arrow.names
         for batch in parquet.iter_batches(columns=columns):
             for row in batch.to_pylist():
                 if row["model"] == model_id and (row["uri"] or "").strip() and _finished(row, relabel_errors):
-                    yield row["uri"]
+                    if ok_is_done or row["status"] != STATUS_OK:
+                        yield row["uri"]
 
 
 def _finished(row: dict, relabel_errors: bool) -> bool:

@@ -60,26 +60,19 @@ def prepare(
     try:
         model_ref = resolve.resolve(flags.model, flags.backend, flags.precision)
         # Remote workers' CPUs are not this machine's: whether they run the precision is checked where they load it.
-        classifier = load.load(model_ref if local else dataclasses.replace(model_ref, precision=DEFAULT_PRECISION))
+        classifier = load.load(
+            model_ref if local else dataclasses.replace(model_ref, precision=DEFAULT_PRECISION),
+            embeddings=flags.embeddings,
+        )
     except BackendError as exc:
         raise LaunchError("--backend", str(exc)) from exc
     except PrecisionError as exc:
         raise LaunchError("--precision", str(exc)) from exc
     except ModelError as exc:
         raise LaunchError("--model", str(exc)) from exc
-    try:
-        label_names = labels.read_labels(flags.labels)
-    except labels.LabelsError as exc:
-        raise LaunchError("--labels", str(exc)) from exc
+    label_names = _label_names(flags, classifier.num_classes)
     if not local:
         model_ref = _staged(model_ref, flags.model_staging or model_staging)
-    if len(label_names) != classifier.num_classes:
-        raise LaunchError(
-            "--labels",
-            f"{flags.labels} has {len(label_names)} labels but the model outputs {classifier.num_classes} classes",
-        )
-    if flags.top_k > classifier.num_classes:
-        raise LaunchError("--top-k", f"{flags.top_k} is more than the model's {classifier.num_classes} classes")
     iceberg = IcebergTarget(flags.iceberg_table, flags.iceberg_catalog) if flags.iceberg_table else None
     if iceberg is not None:
         try:
@@ -132,7 +125,27 @@ def prepare(
         large_model=flags.large_model,
         threads_per_process=threads_per_process,
         iceberg=iceberg,
+        # A feature-vector model (no classes) writes its vectors whether or not --embeddings was given.
+        embedding_size=classifier.embedding_size,
     )
+
+
+def _label_names(flags, num_classes: int) -> list[str]:
+    """The label file's names, checked against the model's classes; none for a model without a classifier (a
+    feature-vector model: its rows get embeddings and null label columns)."""
+    if num_classes == 0:
+        return []
+    try:
+        label_names = labels.read_labels(flags.labels)
+    except labels.LabelsError as exc:
+        raise LaunchError("--labels", str(exc)) from exc
+    if len(label_names) != num_classes:
+        raise LaunchError(
+            "--labels", f"{flags.labels} has {len(label_names)} labels but the model outputs {num_classes} classes"
+        )
+    if flags.top_k > num_classes:
+        raise LaunchError("--top-k", f"{flags.top_k} is more than the model's {num_classes} classes")
+    return label_names
 
 
 def _staged(model_ref: ModelRef, location: str | None) -> ModelRef:

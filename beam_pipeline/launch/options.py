@@ -146,6 +146,13 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--top-k", type=_int_at_least(1), default=5, help="Classes kept per image (default: 5).")
     group.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="Also write each image's embedding (the input of the model's final classifier layer, from the same "
+        "forward pass: 1024 float32 for MobileNetV3-Small) in an `embedding` column. A feature-vector model as --model "
+        "writes embeddings and no labels.",
+    )
+    group.add_argument(
         "--resize",
         choices=RESIZE_MODES,
         default=DEFAULT_RESIZE,

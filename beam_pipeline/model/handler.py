@@ -1,4 +1,5 @@
-"""The Beam ModelHandler: one classifier per worker process, batched by RunInference, top-k labels out."""
+"""The Beam ModelHandler: one classifier per worker process, batched by RunInference, top-k labels (and embeddings)
+out."""
 
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ class ScoredClass:
     score: float
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageInference:
+    """What the model gave for one image: its top-k classes (none for a feature-vector model) and, when asked for,
+    its embedding (float32, the input of the model's final classifier layer)."""
+
+    top_k: list[ScoredClass]
+    embedding: np.ndarray | None = None
+
+
 class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Classifier]):
     """Loads the model a ModelRef names and turns uint8 image batches into top-k (class, label, score) lists.
 
@@ -42,6 +52,7 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Classifi
         max_batch_size: int,
         large_model: bool = False,
         num_threads: int | None = None,
+        embeddings: bool = False,
     ):
         super().__init__()
         self._model = model
@@ -50,9 +61,10 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Classifi
         self._batch_kwargs = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
         self._large_model = large_model
         self._num_threads = num_threads
+        self._embeddings = embeddings
 
     def load_model(self) -> Classifier:
-        return load(self._model, num_threads=self._num_threads)
+        return load(self._model, num_threads=self._num_threads, embeddings=self._embeddings)
 
     def run_inference(
         self,
@@ -61,17 +73,25 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Classifi
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         try:
-            probabilities = model.predict(np.stack(batch))
+            outputs = model.infer(np.stack(batch))
         except Exception as exc:  # noqa: BLE001 - the batch goes to RunInference's dead letters, described
             raise errors.BatchFailed(exc) from exc
-        # A stable sort breaks ties (common in quantised outputs) towards the lower class id, as argmax does.
-        top_ids = np.argsort(-probabilities, axis=1, kind="stable")[:, : self._top_k]
+        top_k = self._top_k_of(outputs.scores) if outputs.scores is not None else [[] for _ in batch]
+        embeddings = outputs.embeddings if outputs.embeddings is not None else [None] * len(batch)
         return [
             PredictionResult(
                 example=None,  # the pixels are not needed downstream; keeping them would hold the whole batch
-                inference=[ScoredClass(int(i), self._labels[i], float(row[i])) for i in ids],
+                inference=ImageInference(classes, embedding),
                 model_id=self._model.model_id,
             )
+            for classes, embedding in zip(top_k, embeddings)
+        ]
+
+    def _top_k_of(self, probabilities: np.ndarray) -> list[list[ScoredClass]]:
+        # A stable sort breaks ties (common in quantised outputs) towards the lower class id, as argmax does.
+        top_ids = np.argsort(-probabilities, axis=1, kind="stable")[:, : self._top_k]
+        return [
+            [ScoredClass(int(i), self._labels[i], float(row[i])) for i in ids]
             for row, ids in zip(probabilities, top_ids)
         ]
 

@@ -18,24 +18,25 @@ from beam_pipeline.model.ref import ModelError, ModelRef
 from beam_pipeline.model.resolve import BackendError, choose_backend
 from beam_pipeline.model.source import find_savedmodel, model_source
 
-_loaded: dict[tuple[ModelRef, int | None], Classifier] = {}
+_loaded: dict[tuple[ModelRef, int | None, bool], Classifier] = {}
 _loading = threading.Lock()
 
 
-def load(ref: ModelRef, *, num_threads: int | None = None) -> Classifier:
-    """The classifier a ModelRef names, on its backend, loaded once per process; raises ModelError.
+def load(ref: ModelRef, *, num_threads: int | None = None, embeddings: bool = False) -> Classifier:
+    """The classifier a ModelRef names, on its backend, loaded once per process; raises ModelError. With
+    `embeddings` it also returns the input of its final classifier layer (see `backends`).
 
     A local run's workers live in the launcher's process, so they reuse the model the launch check loaded
     (saving a second load, ~2 s with TensorFlow); elsewhere Beam's Shared handle calls this once per process.
     """
     with _loading:
-        key = (ref, num_threads)
+        key = (ref, num_threads, embeddings)
         if key not in _loaded:
-            _loaded[key] = _load(ref, num_threads)
+            _loaded[key] = _load(ref, num_threads, embeddings)
         return _loaded[key]
 
 
-def _load(ref: ModelRef, num_threads: int | None) -> Classifier:
+def _load(ref: ModelRef, num_threads: int | None, embeddings: bool) -> Classifier:
     try:  # again here: a worker (e.g. on Dataflow) may lack the runtime the launcher had
         choose_backend(ref.backend, ref.kind)
     except BackendError as exc:
@@ -47,18 +48,20 @@ def _load(ref: ModelRef, num_threads: int | None) -> Classifier:
                 if ref.backend == "litert":
                     from beam_pipeline.model.backends.litert import LiteRTClassifier
 
-                    return LiteRTClassifier(content, num_threads=num_threads)
+                    return LiteRTClassifier(content, num_threads=num_threads, embeddings=embeddings)
                 from beam_pipeline.model.backends.tensorflow import TFLiteClassifier
 
-                return TFLiteClassifier(content, num_threads=num_threads)
+                return TFLiteClassifier(content, num_threads=num_threads, embeddings=embeddings)
             folder = find_savedmodel(source)
             if ref.backend == "openvino":
                 from beam_pipeline.model.backends.openvino import OpenVINOClassifier
 
-                return OpenVINOClassifier(folder, num_threads=num_threads, precision=ref.precision)
+                return OpenVINOClassifier(
+                    folder, num_threads=num_threads, precision=ref.precision, embeddings=embeddings
+                )
             from beam_pipeline.model.backends.tensorflow import SavedModelClassifier
 
-            return SavedModelClassifier(folder, num_threads=num_threads)
+            return SavedModelClassifier(folder, num_threads=num_threads, embeddings=embeddings)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure is reported the same way

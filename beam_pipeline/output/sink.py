@@ -15,12 +15,13 @@ from __future__ import annotations
 import uuid
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from beam_pipeline.records import STATUS_OK
+from beam_pipeline.records import EMBEDDING, STATUS_OK
 from beam_pipeline.worker import TALLY
 
 PARQUET_CODEC = "snappy"
@@ -68,7 +69,9 @@ class ParquetFileWriter:
         self.path = path
         self._schema = schema
         self._file = FileSystems.create(path)
-        self._writer = pq.ParquetWriter(self._file, schema, compression=PARQUET_CODEC, use_compliant_nested_type=True)
+        self._writer = pq.ParquetWriter(
+            self._file, schema, compression=PARQUET_CODEC, use_compliant_nested_type=True, **_encodings(schema)
+        )
         self._rows: list[dict] = []
         self._batches: list[pa.RecordBatch] = []
         self._batched_bytes = 0
@@ -92,7 +95,10 @@ class ParquetFileWriter:
 
     def _to_arrow(self) -> None:
         if self._rows:
-            batch = pa.RecordBatch.from_pylist(self._rows, schema=self._schema)
+            if EMBEDDING in self._schema.names:
+                batch = _with_embeddings(self._rows, self._schema)
+            else:
+                batch = pa.RecordBatch.from_pylist(self._rows, schema=self._schema)
             self._batches.append(batch)
             self._batched_bytes += batch.nbytes
             self._rows = []
@@ -102,6 +108,44 @@ class ParquetFileWriter:
             self._writer.write_table(pa.Table.from_batches(self._batches, schema=self._schema), row_group_size=None)
             self._batches = []
             self._batched_bytes = 0
+
+
+def _encodings(schema: pa.Schema) -> dict:
+    """Embeddings as BYTE_STREAM_SPLIT, without a dictionary: unique floats defeat dictionary encoding (measured 5.2
+    KB a row, the dictionary page written and abandoned), and splitting their bytes lets snappy shrink them (3.7 KB
+    a row, from 4 KB of raw float32). Every other column keeps pyarrow's dictionary encoding."""
+    if EMBEDDING not in schema.names:
+        return {}
+    paths = [path for field in schema if field.name != EMBEDDING for path in _leaf_paths(field.name, field.type)]
+    return {"use_dictionary": paths, "column_encoding": {f"{EMBEDDING}.list.element": "BYTE_STREAM_SPLIT"}}
+
+
+def _leaf_paths(name: str, type_: pa.DataType) -> list[str]:
+    """A column's leaf paths in Parquet's compliant nested naming (`top_k.list.element.label`)."""
+    if pa.types.is_struct(type_):
+        return [p for child in type_ for p in _leaf_paths(f"{name}.{child.name}", child.type)]
+    if pa.types.is_map(type_):
+        return _leaf_paths(f"{name}.key_value.key", type_.key_type) + _leaf_paths(
+            f"{name}.key_value.value", type_.item_type
+        )
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_):
+        return _leaf_paths(f"{name}.list.element", type_.value_type)
+    return [name]
+
+
+def _with_embeddings(rows: list[dict], schema: pa.Schema) -> pa.RecordBatch:
+    """The rows as a batch whose embedding column is built from one numpy array: pyarrow converts a list of numpy
+    vectors element by element (measured 0.6 ms a row for 1024 floats), a stacked array at once."""
+    index = schema.get_field_index(EMBEDDING)
+    others = pa.RecordBatch.from_pylist(rows, schema=schema.remove(index))
+    vectors = [row.get(EMBEDDING) for row in rows]
+    present = [np.asarray(v, np.float32) for v in vectors if v is not None]
+    values = pa.array(np.concatenate(present) if present else np.empty(0, np.float32))
+    offsets = pa.array(np.concatenate([[0], np.cumsum([0 if v is None else len(v) for v in vectors])]), pa.int32())
+    column = pa.ListArray.from_arrays(offsets, values, mask=pa.array([v is None for v in vectors]))
+    columns = others.columns
+    columns.insert(index, column)
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 def write_empty_file(path: str, schema: pa.Schema) -> str:

@@ -12,10 +12,12 @@ import fsspec
 from beam_pipeline.decode.reading import DEFAULT_ALLOWED_SCHEMES
 from beam_pipeline.launch.options import _int_at_least, _scheme_list  # the job's own flag parsers
 from beam_pipeline.report.data import (
+    DEFAULT_DUPLICATES,
     DEFAULT_MARGIN,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_FAILED,
     DEFAULT_MAX_THUMBNAILS,
+    DEFAULT_NEIGHBOURS,
     DEFAULT_PAGE_SIZE,
     DEFAULT_PER_LABEL,
     DEFAULT_REVIEW,
@@ -92,6 +94,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="read thumbnails from loopback, link-local and private http(s) hosts (following redirects), and local "
         "files even when the output is not local; only for output you trust (else they are shown as placeholders)",
     )
+    p.add_argument(
+        "--duplicates",
+        type=_NON_NEGATIVE,
+        default=DEFAULT_DUPLICATES,
+        help="exact-duplicate groups and near-duplicate pairs listed",
+    )
+    p.add_argument(
+        "--neighbours",
+        type=_NON_NEGATIVE,
+        default=DEFAULT_NEIGHBOURS,
+        help="sampled images shown with their nearest neighbours (output written with --embeddings)",
+    )
     p.add_argument("--title", default=Options.title, help="page title")
     return p.parse_args(argv)
 
@@ -113,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         allowed_schemes=args.allowed_schemes,
         allow_private_hosts=args.allow_private_hosts,
         title=args.title,
+        duplicates=args.duplicates,
+        neighbours=args.neighbours,
     )
     try:
         data = gather(args.output, options)

@@ -13,13 +13,26 @@ import duckdb
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from beam_pipeline.records import LEADING_FIELDS, RESULT_FIELDS, STATUS_OK
-from beam_pipeline.report.data import SCORE_BINS, Failure, Options, Prediction, ReportData, ReportError
+from beam_pipeline.records import EMBEDDING, LEADING_FIELDS, RESULT_FIELDS, STATUS_OK
+from beam_pipeline.report.data import (
+    NEAR_DUPLICATE_DISTANCE,
+    NEAR_DUPLICATE_SAMPLE,
+    NEIGHBOURS_PER_IMAGE,
+    SCORE_BINS,
+    DuplicateGroup,
+    Failure,
+    NearPair,
+    Neighbours,
+    Options,
+    Prediction,
+    ReportData,
+    ReportError,
+)
 from beam_pipeline.report.files import missing_shards, read_success, resolve_inputs
 from beam_pipeline.report.text import MAX_TEXT
 
-# Output columns the report does without (it then shows no image sizes, models or time range).
-OPTIONAL_COLUMNS = frozenset({"width", "height", "model", "labelled_at"})
+# Output columns the report does without (it then shows no image sizes, models, time range or duplicates).
+OPTIONAL_COLUMNS = frozenset({"width", "height", "model", "labelled_at", "content_sha256", "phash", EMBEDDING})
 REQUIRED_COLUMNS = tuple(f.name for f in LEADING_FIELDS + RESULT_FIELDS if f.name not in OPTIONAL_COLUMNS)
 MAX_ERROR_TYPES = 50
 MAX_MODELS = 20
@@ -73,6 +86,7 @@ def gather(output: str, options: Options) -> ReportData:
         _gather_totals(con, data, has)
         _gather_labels(con, data, options, has)
         _gather_failures(con, data, options)
+        _gather_duplicates(con, data, options, has)
     finally:
         con.close()
     return data
@@ -200,3 +214,61 @@ def _gather_failures(con: duckdb.DuckDBPyConnection, data: ReportData, options: 
             {"n": max(options.max_failed, 0)},
         ).fetchall()
     ]
+
+
+def _gather_duplicates(con: duckdb.DuckDBPyConnection, data: ReportData, options: Options, has: Any) -> None:
+    """Exact duplicates (content_sha256), near-duplicates (phash, among a bounded sample) and, with embeddings, the
+    nearest neighbours of the first sampled images (array_cosine_similarity over every row: one scan per report)."""
+    data.has_identity = has("content_sha256") and has("phash")
+    shown = max(options.duplicates, 0)
+    # The section's thumbnails count against --max-thumbnails too: groups take one, pairs two, neighbours four.
+    room = max(options.max_thumbnails - len(data.sampled_uris()), 0)
+    if data.has_identity:
+        groups = "SELECT content_sha256, count(*) AS n FROM t WHERE content_sha256 IS NOT NULL GROUP BY 1 HAVING n > 1"
+        data.duplicate_group_count, data.duplicate_rows = con.execute(
+            f"SELECT count(*), coalesce(sum(n), 0) FROM ({groups})"
+        ).fetchone()
+        data.duplicate_groups = [
+            DuplicateGroup(sha, int(n), tuple(uris))
+            for sha, n, uris in con.execute(
+                """SELECT content_sha256, count(*) AS n, list(coalesce(uri, '') ORDER BY uri)[1:4] FROM t
+                   WHERE content_sha256 IS NOT NULL GROUP BY 1 HAVING n > 1 ORDER BY n DESC, 1 LIMIT $n""",
+                {"n": min(shown, room)},
+            ).fetchall()
+        ]
+        sample = f"""WITH s AS (SELECT coalesce(uri, '') AS uri, content_sha256 AS sha, ('0x' || phash)::UBIGINT AS h
+                         FROM t WHERE phash IS NOT NULL ORDER BY hash(uri) LIMIT {NEAR_DUPLICATE_SAMPLE})"""
+        pairs = f"""FROM s AS a JOIN s AS b ON a.uri < b.uri AND a.sha IS DISTINCT FROM b.sha
+                    AND bit_count(xor(a.h, b.h)) <= {NEAR_DUPLICATE_DISTANCE}"""
+        data.near_compared, data.near_pair_count = con.execute(
+            f"{sample} SELECT (SELECT count(*) FROM s), (SELECT count(*) {pairs})"
+        ).fetchone()
+        room -= len(data.duplicate_groups)
+        data.near_pairs = [
+            NearPair(a, b, int(d))
+            for a, b, d in con.execute(
+                f"{sample} SELECT a.uri, b.uri, bit_count(xor(a.h, b.h)) AS d {pairs} ORDER BY d, 1, 2 LIMIT $n",
+                {"n": min(shown, room // 2)},
+            ).fetchall()
+        ]
+        room -= 2 * len(data.near_pairs)
+    data.has_embeddings = has(EMBEDDING)
+    queries = [p.uri for _, _, ps in data.samples for p in ps]
+    queries = queries[: min(max(options.neighbours, 0), room // (1 + NEIGHBOURS_PER_IMAGE))]
+    if not data.has_embeddings or not queries:
+        return
+    size = con.execute("SELECT len(embedding) FROM t WHERE embedding IS NOT NULL LIMIT 1").fetchone()
+    if size is None:
+        return
+    vectors = (
+        f"SELECT coalesce(uri, '') AS uri, embedding::FLOAT[{int(size[0])}] AS v FROM t WHERE embedding IS NOT NULL"
+    )
+    found = con.execute(
+        f"""WITH e AS ({vectors}), q AS (SELECT * FROM e WHERE list_contains($uris, uri))
+            SELECT q.uri, max_by({{'uri': e.uri, 's': array_cosine_similarity(q.v, e.v)}},
+                                 array_cosine_similarity(q.v, e.v), {NEIGHBOURS_PER_IMAGE})
+            FROM q JOIN e ON e.uri <> q.uri GROUP BY q.uri""",
+        {"uris": queries},
+    ).fetchall()
+    by_uri = {uri: tuple((n["uri"], float(n["s"])) for n in nearest) for uri, nearest in found}
+    data.neighbours = [Neighbours(uri, by_uri[uri]) for uri in dict.fromkeys(queries) if uri in by_uri]

@@ -18,7 +18,7 @@ from typing import Any
 
 from beam_pipeline.layout import SUCCESS_FILE
 from beam_pipeline.report.charts import label_chart, score_chart
-from beam_pipeline.report.data import Options, Prediction, ReportData
+from beam_pipeline.report.data import NEAR_DUPLICATE_DISTANCE, Options, Prediction, ReportData
 from beam_pipeline.report.text import basename, esc, fmt_score, fmt_time, pct, plural, shorten
 from beam_pipeline.report.thumbnails import Thumbnail
 
@@ -49,7 +49,9 @@ class _Renderer:
             source=esc(shorten(d.source)),
             files=files,
             generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            body=f"{self._summary()}\n{self._charts()}\n{self._review()}\n{self._labels()}\n{self._failures()}",
+            body="\n".join(
+                [self._summary(), self._charts(), self._review(), self._labels(), self._duplicates(), self._failures()]
+            ),
         )
 
     def _card(self, key: str, value: str, cls: str = "", sub: str = "") -> str:
@@ -198,6 +200,62 @@ class _Renderer:
             )
         if not d.samples and not d.labels_without_grid:
             parts.append('<p class="muted">No labelled images.</p>')
+        parts.append("</section>")
+        return "\n".join(parts)
+
+    def _thumb(self, uri: str, caption: str) -> str:
+        """A small thumbnail with a caption, for the duplicates section."""
+        thumb = self.thumbs.get(uri)
+        if thumb and thumb.src:
+            visual = f'<img class="thumb" src="{thumb.src}" alt="{esc(shorten(basename(uri), 200))}">'
+        else:
+            visual = '<div class="placeholder">thumbnail unavailable</div>'
+        return (
+            f'<figure class="mini" title="{esc(shorten(uri, 2000))}"><div class="tw">{visual}</div><figcaption>'
+            f'<span class="name">{esc(shorten(basename(uri), 120))}</span>'
+            f'<span class="muted">{esc(caption)}</span></figcaption></figure>'
+        )
+
+    def _duplicates(self) -> str:
+        d, o = self.data, self.options
+        parts = ['<section id="duplicates"><h2>Duplicates and similar images</h2>']
+        if not d.has_identity:
+            parts.append('<p class="muted">This output has no content_sha256 and phash columns.</p></section>')
+            return "\n".join(parts)
+        parts.append(
+            f'<h3>Exact duplicates: the same bytes <span class="muted">({plural(d.duplicate_group_count, "group")}, '
+            f"{plural(d.duplicate_rows, 'row')}; the {len(d.duplicate_groups)} largest, see "
+            "<code>--duplicates</code>)</span></h3>"
+        )
+        groups = [
+            self._thumb(g.uris[0], f"{g.rows} copies \u00b7 sha256 {g.content_sha256[:12]}\u2026")
+            for g in d.duplicate_groups
+        ]
+        parts.append(f'<div class="grid" id="exact-duplicates">{"".join(groups)}</div>' if groups else "<p>None.</p>")
+        for g in d.duplicate_groups:
+            uris = "".join(f'<li class="wrap">{esc(shorten(u))}</li>' for u in g.uris)
+            more = f'<li class="muted">and {g.rows - len(g.uris):,} more</li>' if g.rows > len(g.uris) else ""
+            parts.append(f"<details><summary>{esc(g.content_sha256)}</summary><ul>{uris}{more}</ul></details>")
+        parts.append(
+            f"<h3>Near-duplicates: perceptual hashes at most {NEAR_DUPLICATE_DISTANCE} bits apart "
+            f'<span class="muted">({plural(d.near_pair_count, "pair")} among {plural(d.near_compared, "sampled row")}, '
+            "exact duplicates left out)</span></h3>"
+        )
+        pairs = [
+            self._thumb(p.uri, f"{p.distance} bits from the next") + self._thumb(p.other, f"{p.distance} bits")
+            for p in d.near_pairs
+        ]
+        parts.append(f'<div class="grid" id="near-duplicates">{"".join(pairs)}</div>' if pairs else "<p>None.</p>")
+        if d.has_embeddings:
+            parts.append(
+                f'<h3>Nearest neighbours by embedding <span class="muted">(cosine similarity, for {len(d.neighbours)} '
+                "sampled images, see <code>--neighbours</code>)</span></h3>"
+            )
+            for n in d.neighbours:
+                cells = [self._thumb(n.uri, "sampled")] + [self._thumb(u, f"cosine {s:.3f}") for u, s in n.nearest]
+                parts.append(f'<div class="grid neighbours">{"".join(cells)}</div>')
+        elif o.neighbours:
+            parts.append('<p class="muted">Run the job with <code>--embeddings</code> to see nearest neighbours.</p>')
         parts.append("</section>")
         return "\n".join(parts)
 

@@ -3,10 +3,17 @@
 Quantised models are fed the way they were trained: uint8 pixels as they are (int8: shifted by 128), since their
 input quantisation already maps the pixel range onto the model's normalised input; quantised outputs are
 dequantised with the output tensor's own scale and zero point. Float models get float32 in [0,1].
+
+Embeddings: the input of the last CONV_2D or FULLY_CONNECTED before the output (through RESHAPE, SQUEEZE, SOFTMAX
+and (de)quantisation), read after `invoke` and dequantised with its own quantisation. TFLite reuses an
+intermediate tensor's memory once it is consumed, so an interpreter that reads one is built with
+`experimental_preserve_all_tensors` (measured: no slower for this model, whose activations are small).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,3 +47,27 @@ def needs_softmax(raw: np.ndarray, details: dict[str, Any]) -> bool:
     if scale:  # a quantised output whose range is [0, 1) is a softmax; rounding spoils the sum-to-1 probe
         return not (zero_point == 0 and scale * 255 <= 1.0)
     return not outputs_are_probabilities(raw)
+
+
+# Ops between a classifier layer and the output; the classifier layers themselves.
+_AFTER_CLASSIFIER = {"RESHAPE", "SQUEEZE", "SOFTMAX", "DEQUANTIZE", "QUANTIZE"}
+_CLASSIFIER_OPS = {"CONV_2D", "FULLY_CONNECTED"}
+
+
+def classifier_input(ops: list[dict[str, Any]], output: int) -> int | None:
+    """The index of the tensor feeding the final classifier layer before tensor `output`, or None when the output
+    comes from no such layer (a feature-vector model). `ops` are an interpreter's op details without delegates
+    (a delegate replaces the ops it runs by DELEGATE nodes)."""
+    producers = {int(out): op for op in ops for out in op["outputs"]}
+    op = producers.get(output)
+    while op is not None and op["op_name"] in _AFTER_CLASSIFIER:
+        op = producers.get(int(op["inputs"][0]))
+    return int(op["inputs"][0]) if op is not None and op["op_name"] in _CLASSIFIER_OPS else None
+
+
+def preserving_tensors(make: Callable[..., Any], **kwargs: Any) -> Any:
+    """`make(..., experimental_preserve_all_tensors=True)`, without the warning that it is meant for debugging: it
+    is how an intermediate tensor stays readable after invoke."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return make(**kwargs, experimental_preserve_all_tensors=True)
