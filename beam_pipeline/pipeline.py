@@ -23,7 +23,7 @@ from beam_pipeline.model.ref import ModelRef
 from beam_pipeline.output.finalize import FinalizeRun, RowStats, RunInfo
 from beam_pipeline.output.iceberg import IcebergTarget
 from beam_pipeline.output.sink import WriteParquetFiles
-from beam_pipeline.records import METRICS_NAMESPACE, error_row, labelled_row, output_schema
+from beam_pipeline.records import METRICS_NAMESPACE, STATUS_OK, error_row, labelled_row, output_schema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,7 @@ class JobConfig:
     read_policy: ReadPolicy
     decode_spec: DecodeSpec  # its size is the model's input size
     max_error_fraction: float
-    earlier_shards: tuple[str, ...]  # --skip-labelled: earlier output shards whose finished URIs are left out
+    skip_labelled: str | None  # a folder or glob of earlier output whose finished URIs are left out
     relabel_errors: bool
     large_model: bool
     threads_per_process: int | None  # model and decode threads of one worker process; None: every core
@@ -62,12 +62,20 @@ def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) 
     """
     rows = pipeline | "ExpandInputs" >> ExpandInputs(job.inputs, job.uri_column, job.carried, spread=spread_rows)
     rows_in = rows | "CountRowsIn" >> beam.combiners.Count.Globally()
-    if job.earlier_shards:
-        rows, rows_skipped = rows | "SkipLabelled" >> SkipLabelled(
-            list(job.earlier_shards), job.model.model_id, job.relabel_errors
+    if job.skip_labelled:
+        rows, skipped, shards_matched = rows | "SkipLabelled" >> SkipLabelled(
+            job.skip_labelled, job.model.model_id, job.relabel_errors
+        )
+        rows_skipped = skipped | "CountSkipped" >> beam.combiners.Count.Globally()
+        skipped_failed = (
+            skipped
+            | "FailedEarlier" >> beam.Filter(lambda status: status != STATUS_OK)
+            | "CountSkippedFailed" >> beam.combiners.Count.Globally()
         )
     else:
         rows_skipped = pipeline | "NoneSkipped" >> beam.Create([0])
+        skipped_failed = pipeline | "NoneSkippedFailed" >> beam.Create([0])
+        shards_matched = pipeline | "NoEarlierOutput" >> beam.Create([None])
     branches = rows | "LabelRows" >> LabelRows(job, decode_in_flight=None if spread_rows else 2 * job.max_batch_size)
     # Each branch of rows is written and counted on its own: FnApiRunner materialises every multi-input Flatten,
     # which would hold the whole output in memory (measured: +2 KB per row). Only file names and counts are merged.
@@ -81,6 +89,8 @@ def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) 
         "row_stats": stats | "AllCounts" >> beam.Flatten(),
         "rows_in": rows_in,
         "rows_skipped": rows_skipped,
+        "rows_skipped_failed": skipped_failed,
+        "earlier_shards": shards_matched,
     } | "Finalize" >> FinalizeRun(run_info(job))
 
 

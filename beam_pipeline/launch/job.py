@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import sys
 import uuid
 
 from apache_beam.io.filesystems import FileSystems
@@ -54,9 +55,11 @@ def prepare(
     except InputError as exc:
         raise LaunchError("--input", str(exc)) from exc
     try:
-        earlier_shards = tuple(incremental.find_earlier_shards(flags.skip_labelled)) if flags.skip_labelled else ()
+        note = incremental.check_earlier_output(flags.skip_labelled) if flags.skip_labelled else None
     except incremental.EarlierOutputError as exc:
         raise LaunchError("--skip-labelled", str(exc)) from exc
+    if note:
+        print(note, file=sys.stderr)
     try:
         model_ref = resolve.resolve(flags.model, flags.backend, flags.precision)
         # Remote workers' CPUs are not this machine's: whether they run the precision is checked where they load it.
@@ -123,7 +126,7 @@ def prepare(
         ),
         decode_spec=DecodeSpec(size=classifier.input_size, resize=flags.resize, max_pixels=flags.max_image_pixels),
         max_error_fraction=flags.max_error_fraction,
-        earlier_shards=earlier_shards,
+        skip_labelled=flags.skip_labelled,
         relabel_errors=flags.relabel_errors,
         large_model=flags.large_model,
         threads_per_process=threads_per_process,
