@@ -4,6 +4,7 @@ through to the output with their types, and the row count where it is cheap to k
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import fsspec
 import pyarrow as pa
@@ -20,6 +21,8 @@ from beam_pipeline.inputs.specs import (
     walk_images,
 )
 from beam_pipeline.records import RESERVED_NAMES
+
+COUNT_LIMIT = 100_000  # files of a local folder counted at launch for the progress line (about 0.2 s)
 
 
 def check_exists(spec: InputSpec) -> InputSpec:
@@ -72,7 +75,8 @@ def carried_schema(specs: list[InputSpec], uri_column: str) -> pa.Schema:
 
 def count_rows(specs: list[InputSpec]) -> int | None:
     """How many rows the inputs will give, where that is cheap to know at launch (Parquet footers, local folders
-    and globs); None when any input would have to be read or listed remotely to tell."""
+    and globs of up to COUNT_LIMIT files); None when any input would have to be read, listed remotely or listed at
+    length to tell (the progress line then goes without a total)."""
     total = 0
     for spec in specs:
         fs, path = fsspec.core.url_to_fs(spec.path)
@@ -81,7 +85,10 @@ def count_rows(specs: list[InputSpec]) -> int | None:
                 with fsspec.open(manifest, "rb") as f:
                     total += pq.ParquetFile(f).metadata.num_rows
         elif spec.manifest_format is None and "file" in fs.protocol:
-            total += sum(1 for _ in image_uris(spec))
+            counted = sum(1 for _ in itertools.islice(image_uris(spec), COUNT_LIMIT + 1))
+            if counted > COUNT_LIMIT:
+                return None
+            total += counted
         else:
             return None
     return total
