@@ -15,7 +15,7 @@ from beam_pipeline.decode.dofn import FAILED_TAG, DecodeImage
 from beam_pipeline.decode.preprocess import DecodeSpec
 from beam_pipeline.decode.reading import ReadPolicy
 from beam_pipeline.inputs.expand import ExpandInputs
-from beam_pipeline.inputs.incremental import SkipLabelled
+from beam_pipeline.inputs.incremental import EarlierTable, SkipLabelled
 from beam_pipeline.inputs.specs import InputSpec
 from beam_pipeline.layout import staging_prefix
 from beam_pipeline.model.handler import ImageClassifierHandler
@@ -47,7 +47,8 @@ class JobConfig:
     read_policy: ReadPolicy
     decode_spec: DecodeSpec  # its size is the model's input size
     max_error_fraction: float
-    skip_labelled: str | None  # a folder or glob of earlier output whose finished URIs are left out
+    skip_labelled: str | EarlierTable | None  # earlier output (a folder or glob, or the table) whose finished URIs
+    # are left out
     relabel_errors: bool
     large_model: bool
     threads_per_process: int | None  # model and decode threads of one worker process; None: every core

@@ -14,7 +14,9 @@ history than the earlier rows of one chunk's URIs.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 import fsspec
@@ -104,25 +106,38 @@ def is_published_shard(path: str) -> bool:
     return not hidden and shard_prefix(parts[-1]) is not None
 
 
+@dataclasses.dataclass(frozen=True)
+class EarlierTable:
+    """--skip-labelled naming the --iceberg-table: `target` (anything with `table` and `load_catalog()`, the
+    launcher's IcebergTarget) at the snapshot current at launch, which holds `files` data files."""
+
+    target: Any
+    snapshot_id: int | None  # None: the table has no snapshot yet (a first night)
+    files: int
+
+
 class SkipLabelled(beam.PTransform):
     """Rows -> (rows still to label, the rows left out as their earlier status (`ok` or `error`), shards matched).
 
-    `location` is a folder or glob of earlier output, listed on a worker; only rows of the same model identity
-    (records.model_identity of `model_id`) count.
+    `location` is a folder or glob of earlier output, listed on a worker, or an EarlierTable; only rows of the
+    same model identity (records.model_identity of `model_id`) count.
     """
 
-    def __init__(self, location: str, model_id: str, relabel_errors: bool):
+    def __init__(self, location: str | EarlierTable, model_id: str, relabel_errors: bool):
         super().__init__()
         self._location = location
         self._model_id = model_id
         self._relabel_errors = relabel_errors
 
     def expand(self, rows):
-        shards = (
-            rows.pipeline
-            | "EarlierOutput" >> beam.Create([self._location])
-            | "MatchEarlierShards" >> beam.FlatMap(earlier_shards)
-        )
+        if isinstance(self._location, EarlierTable):  # one element: the table at its snapshot
+            shards = rows.pipeline | "EarlierTable" >> beam.Create([self._location])
+        else:
+            shards = (
+                rows.pipeline
+                | "EarlierOutput" >> beam.Create([self._location])
+                | "MatchEarlierShards" >> beam.FlatMap(earlier_shards)
+            )
         results = (
             rows
             # min = max: every chunk but a bundle's last is full (BatchElements would otherwise start at 1 row).
@@ -131,7 +146,11 @@ class SkipLabelled(beam.PTransform):
             >> beam.ParDo(LeaveOutFinished(self._model_id, self._relabel_errors), beam.pvalue.AsList(shards))
             .with_outputs(SKIPPED_TAG, main="todo")
         )
-        matched = shards | "CountShards" >> beam.combiners.Count.Globally()
+        matched = (
+            shards
+            | "ShardsOf" >> beam.Map(lambda source: source.files if isinstance(source, EarlierTable) else 1)
+            | "CountShards" >> beam.CombineGlobally(sum)
+        )
         return results.todo, results[SKIPPED_TAG], matched
 
 
@@ -143,12 +162,17 @@ class LeaveOutFinished(beam.DoFn):
         self._relabel_errors = relabel_errors
         self._scans = Metrics.counter(METRICS_NAMESPACE, "skip_labelled_scans")
 
-    def process(self, chunk: list[dict], shards: list[str]) -> Iterator:
+    def process(self, chunk: list[dict], shards: list) -> Iterator:
         keyed = [row for row in chunk if has_join_key(row)]
         done = {}
         if shards and keyed:
             self._scans.inc()
-            done = finished_uris(shards, {row["uri"] for row in keyed}, self._identity, self._relabel_errors)
+            uris = {row["uri"] for row in keyed}
+            if isinstance(shards[0], EarlierTable):
+                earlier = EARLIER_SCHEMA.empty_table() if shards[0].snapshot_id is None else table_rows(shards[0], uris)
+            else:
+                earlier = file_rows(shards, uris)
+            done = finished_uris(earlier, self._identity, self._relabel_errors)
         for row in chunk:
             status = done.get(row["uri"]) if has_join_key(row) else None
             yield row if status is None else beam.pvalue.TaggedOutput(SKIPPED_TAG, status)
@@ -160,8 +184,8 @@ def has_join_key(row: dict) -> bool:
     return isinstance(uri, str) and bool(uri.strip()) and MANIFEST_ERROR_KEY not in row
 
 
-def finished_uris(shards: list[str], uris: set[str], identity: str, relabel_errors: bool) -> dict[str, str]:
-    """Of `uris`, those an earlier shard finished with the model of this identity: {uri: `ok` or `error`}.
+def file_rows(shards: list[str], uris: set[str]) -> pa.Table:
+    """The join columns (EARLIER_SCHEMA) of the earlier shards' rows whose URI is in `uris`.
 
     Each shard is read for the join columns only, skipping row groups whose URI statistics exclude the chunk, and
     filtered to the chunk's URIs a record batch at a time, a few shards at once (over gs:// each open is a round
@@ -170,12 +194,26 @@ def finished_uris(shards: list[str], uris: set[str], identity: str, relabel_erro
     wanted = pa.array(sorted(uris), pa.string())
     with concurrent.futures.ThreadPoolExecutor(SCAN_THREADS) as pool:
         tables = [t for t in pool.map(lambda shard: _matching_rows(shard, wanted), shards) if t.num_rows]
-    if not tables:
-        return {}
-    table = pa.concat_tables(tables)
-    same_model = {name for name in table.column("model").unique().to_pylist() if model_identity(name) == identity}
+    return pa.concat_tables(tables) if tables else EARLIER_SCHEMA.empty_table()
+
+
+def table_rows(earlier: EarlierTable, uris: set[str]) -> pa.Table:
+    """The join columns of the Iceberg table's rows whose URI is in `uris`, at the launch's snapshot: one pyiceberg
+    scan, which leaves out the data files whose URI bounds exclude them and reads only these columns."""
+    from pyiceberg.expressions import In
+
+    table = earlier.target.load_catalog().load_table(earlier.target.table)
+    names = set(table.schema().column_names)
+    fields = tuple(name for name in EARLIER_SCHEMA.names if name in names)
+    scan = table.scan(row_filter=In("uri", uris), selected_fields=fields, snapshot_id=earlier.snapshot_id)
+    return _as_earlier(scan.to_arrow())
+
+
+def finished_uris(earlier: pa.Table, identity: str, relabel_errors: bool) -> dict[str, str]:
+    """Of the earlier rows (EARLIER_SCHEMA), the URIs finished with the model of this identity: {uri: status}."""
+    same_model = {name for name in earlier.column("model").unique().to_pylist() if model_identity(name) == identity}
     done: dict[str, str] = {}
-    for row in table.filter(pc.is_in(table.column("model"), pa.array(sorted(same_model), pa.string()))).to_pylist():
+    for row in earlier.filter(pc.is_in(earlier.column("model"), pa.array(sorted(same_model), pa.string()))).to_pylist():
         if _finished(row, relabel_errors):
             # An ok row anywhere in the history wins over a failure (a row labelled after failing).
             done[row["uri"]] = STATUS_OK if done.get(row["uri"]) == STATUS_OK else row["status"]
@@ -200,7 +238,10 @@ def _matching_rows(shard: str, wanted: pa.Array) -> pa.Table:
             kept = batch.filter(pc.is_in(batch.column("uri"), value_set=wanted))
             if kept.num_rows:
                 batches.append(kept)
-    table = pa.Table.from_batches(batches) if batches else pa.table({name: [] for name in columns})
+    return _as_earlier(pa.Table.from_batches(batches) if batches else pa.table({name: [] for name in columns}))
+
+
+def _as_earlier(table: pa.Table) -> pa.Table:
     return pa.table({name: _column(table, name) for name in EARLIER_SCHEMA.names}, schema=EARLIER_SCHEMA)
 
 

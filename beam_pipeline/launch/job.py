@@ -54,12 +54,11 @@ def prepare(
         carried = checks.carried_schema(specs, flags.uri_column)
     except InputError as exc:
         raise LaunchError("--input", str(exc)) from exc
+    from_table = bool(flags.skip_labelled) and flags.skip_labelled == flags.iceberg_table
     try:
-        note = incremental.check_earlier_output(flags.skip_labelled) if flags.skip_labelled else None
+        note = incremental.check_earlier_output(flags.skip_labelled) if flags.skip_labelled and not from_table else None
     except incremental.EarlierOutputError as exc:
         raise LaunchError("--skip-labelled", str(exc)) from exc
-    if note:
-        print(note, file=sys.stderr)
     try:
         model_ref = resolve.resolve(flags.model, flags.backend, flags.precision)
         # Remote workers' CPUs are not this machine's: whether they run the precision is checked where they load it.
@@ -89,6 +88,17 @@ def prepare(
             iceberg.check()
         except IcebergError as exc:
             raise LaunchError("--iceberg-table", str(exc)) from exc
+    skip_labelled = flags.skip_labelled
+    if from_table:
+        try:
+            current = iceberg.current_snapshot()
+        except IcebergError as exc:
+            raise LaunchError("--skip-labelled", str(exc)) from exc
+        skip_labelled = incremental.EarlierTable(iceberg, *(current or (None, 0)))
+        if current is None:
+            note = f"--skip-labelled: table {iceberg.table} has no snapshot yet (a first run?): every input is labelled"
+    if note:
+        print(note, file=sys.stderr)
     started_at = datetime.datetime.now(datetime.timezone.utc)
     run_id = layout.new_run_id(started_at)
     output = layout.expand_prefix(flags.output, now=started_at, run_id=run_id)
@@ -126,7 +136,7 @@ def prepare(
         ),
         decode_spec=DecodeSpec(size=classifier.input_size, resize=flags.resize, max_pixels=flags.max_image_pixels),
         max_error_fraction=flags.max_error_fraction,
-        skip_labelled=flags.skip_labelled,
+        skip_labelled=skip_labelled,
         relabel_errors=flags.relabel_errors,
         large_model=flags.large_model,
         threads_per_process=threads_per_process,
