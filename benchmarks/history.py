@@ -9,6 +9,8 @@ and the ratio of the largest case to the smallest is printed from the same run.
 
     python benchmarks/history.py                       # 1 and 366 nights, 2 repeats
     python benchmarks/history.py --nights 1,366,3650 --repeats 1
+    python benchmarks/history.py --table              # the same nights as snapshots of an Iceberg table (SQLite
+                                                      # catalog): --skip-labelled names the table
 """
 
 from __future__ import annotations
@@ -67,10 +69,28 @@ def write_history(out: Path, nights: int, tonight: list[str], model_id: str) -> 
         (folder / "_SUCCESS").write_text(json.dumps({"status": "ok", "rows": len(uris)}))
 
 
-def run_tonight(history: Path, images: Path, model: str, labels: str, tag: str) -> dict:
+def catalog_of(history: Path) -> str:
+    return f"type=sql,uri=sqlite:///{history}/catalog.db,warehouse=file://{history}/warehouse"
+
+
+def commit_nights(history: Path) -> None:
+    """Each earlier night's shards as one snapshot of the table vision.labels, by the job's own commit."""
+    from beam_pipeline.output.iceberg import IcebergTarget
+
+    target = IcebergTarget("vision.labels", catalog_of(history))
+    for night in sorted(history.glob("dt=*")):
+        target.commit(sorted(str(p) for p in night.glob("labels-*.parquet")), output_schema(), night.name)
+
+
+def run_tonight(history: Path, images: Path, model: str, labels: str, tag: str, table: bool) -> dict:
     output = history.parent / f"tonight-{history.name}-{tag}" / "labels"
     command = [sys.executable, "-m", "beam_pipeline", "--input", str(images), "--output", str(output)]
-    command += ["--model", model, "--labels", labels, "--skip-labelled", f"{history}/dt=*/*"]
+    command += ["--model", model, "--labels", labels]
+    if table:
+        command += ["--iceberg-catalog", catalog_of(history), "--iceberg-table", "vision.labels"]
+        command += ["--skip-labelled", "vision.labels"]
+    else:
+        command += ["--skip-labelled", f"{history}/dt=*/*"]
     run = run_measured(command)
     run.check(f"tonight against {history.name}")
     success = json.loads((output.parent / "_SUCCESS").read_text())
@@ -85,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nights", default="1,366", help="comma-separated counts of earlier nights")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--model", default=str(shared / "models" / "mobilenet_v3_small_100_224_float"))
+    parser.add_argument("--table", action="store_true", help="the earlier nights as Iceberg snapshots")
     parser.add_argument("--labels", default=str(shared / "labels" / "ImageNetLabels.txt"))
     args = parser.parse_args(argv)
     images = shared / "images" / "imagenet-sample-100"
@@ -96,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
         for n in counts:
             write_history(Path(tmp) / f"n{n}", n, tonight, args.model)
+            if args.table:
+                commit_nights(Path(tmp) / f"n{n}")
         for repeat in range(args.repeats):
             for n in counts:
-                results[n].append(run_tonight(Path(tmp) / f"n{n}", images, args.model, args.labels, f"r{repeat}"))
+                run = run_tonight(Path(tmp) / f"n{n}", images, args.model, args.labels, f"r{repeat}", args.table)
+                results[n].append(run)
     load = os.getloadavg()
     print(f"load average {' '.join(f'{x:.2f}' for x in load)} (1/5/15 min, at the end)")
+    print(f"earlier nights as {'snapshots of an Iceberg table' if args.table else 'folders of shards'}")
     print(f"| earlier nights | shards | rows | wall s (median of {args.repeats}) | peak RSS MiB | x time | x RSS |")
     print("|---|---|---|---|---|---|---|")
     base = counts[0]
