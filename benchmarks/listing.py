@@ -120,7 +120,8 @@ def probe(location: str, mode: str, env: dict[str, str], repeats: int) -> dict:
     """The figures of `repeats` runs of the probe, each the median over the runs."""
     runs = []
     for _ in range(repeats):
-        run = run_measured([sys.executable, "-c", PROBE, location, mode], env=env)
+        # From the --code folder: `python -c` puts the working directory first on sys.path.
+        run = run_measured([sys.executable, "-c", PROBE, location, mode], env=env, cwd=Path(env["PYTHONPATH"]))
         run.check(f"listing {location}")
         runs.append({**json.loads(run.stdout.strip().splitlines()[-1]), "rss_mib": run.maxrss_mib})
     return {
