@@ -10,7 +10,6 @@ import fsspec
 
 from beam_pipeline.model.ref import DEFAULT_BACKEND, DEFAULT_PRECISION, HF_SPEC, ModelError, ModelRef, PrecisionError
 from beam_pipeline.model.source import hf_snapshot
-from beam_pipeline.records import model_identity
 
 HF_SCHEME = "hf://"
 TFHUB_HOSTS = ("tfhub.dev", "www.kaggle.com", "kaggle.com")
@@ -84,7 +83,10 @@ def resolve(spec: str, backend: str | None = None, precision: str = DEFAULT_PREC
     kind = kind_of(spec)
     if kind in ("savedmodel", "tflite") and "://" not in spec:
         # One spelling of a local model (`m/float/`, `./m/float`, from another folder) in the `model` column, which
-        # --skip-labelled compares (records.model_identity).
+        # --skip-labelled compares (records.model_identity). Imported here: records imports Beam, which the launcher
+        # imports later without its unused connectors (launch/cli.import_beam), and options.py imports this module.
+        from beam_pipeline.records import model_identity
+
         spec = model_identity(spec)
     chosen = choose_backend(backend, kind)
     if precision != DEFAULT_PRECISION and chosen != "openvino":
