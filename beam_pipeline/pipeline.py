@@ -15,7 +15,7 @@ from beam_pipeline.decode.dofn import FAILED_TAG, DecodeImage
 from beam_pipeline.decode.preprocess import DecodeSpec
 from beam_pipeline.decode.reading import ReadPolicy
 from beam_pipeline.inputs.expand import ExpandInputs
-from beam_pipeline.inputs.incremental import SkipLabelled
+from beam_pipeline.inputs.incremental import EarlierTable, SkipLabelled
 from beam_pipeline.inputs.specs import InputSpec
 from beam_pipeline.layout import staging_prefix
 from beam_pipeline.model.handler import ImageClassifierHandler
@@ -23,7 +23,7 @@ from beam_pipeline.model.ref import ModelRef
 from beam_pipeline.output.finalize import FinalizeRun, RowStats, RunInfo
 from beam_pipeline.output.iceberg import IcebergTarget
 from beam_pipeline.output.sink import WriteParquetFiles
-from beam_pipeline.records import METRICS_NAMESPACE, error_row, labelled_row, output_schema
+from beam_pipeline.records import METRICS_NAMESPACE, STATUS_OK, error_row, labelled_row, output_schema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,8 @@ class JobConfig:
     read_policy: ReadPolicy
     decode_spec: DecodeSpec  # its size is the model's input size
     max_error_fraction: float
-    earlier_shards: tuple[str, ...]  # --skip-labelled: earlier output shards whose finished URIs are left out
+    skip_labelled: str | EarlierTable | None  # earlier output (a folder or glob, or the table) whose finished URIs
+    # are left out
     relabel_errors: bool
     large_model: bool
     threads_per_process: int | None  # model and decode threads of one worker process; None: every core
@@ -68,12 +69,20 @@ def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) 
     """
     rows = pipeline | "ExpandInputs" >> ExpandInputs(job.inputs, job.uri_column, job.carried, spread=spread_rows)
     rows_in = rows | "CountRowsIn" >> beam.combiners.Count.Globally()
-    if job.earlier_shards:
-        rows, rows_skipped = rows | "SkipLabelled" >> SkipLabelled(
-            list(job.earlier_shards), job.model.model_id, job.relabel_errors, embeddings=job.embedding_size is not None
+    if job.skip_labelled:
+        rows, skipped, shards_matched = rows | "SkipLabelled" >> SkipLabelled(
+            job.skip_labelled, job.model.model_id, job.relabel_errors, embeddings=job.embedding_size is not None
+        )
+        rows_skipped = skipped | "CountSkipped" >> beam.combiners.Count.Globally()
+        skipped_failed = (
+            skipped
+            | "FailedEarlier" >> beam.Filter(lambda status: status != STATUS_OK)
+            | "CountSkippedFailed" >> beam.combiners.Count.Globally()
         )
     else:
         rows_skipped = pipeline | "NoneSkipped" >> beam.Create([0])
+        skipped_failed = pipeline | "NoneSkippedFailed" >> beam.Create([0])
+        shards_matched = pipeline | "NoEarlierOutput" >> beam.Create([None])
     # Two batches of rows pending in the decode step, on every layout: the model runs on the bundle's thread, so the
     # rows read while it runs are all that is ready for the next batch (plus --reads-in-flight still reading).
     branches = rows | "LabelRows" >> LabelRows(job, decode_in_flight=2 * job.max_batch_size)
@@ -89,6 +98,8 @@ def build(pipeline: beam.Pipeline, job: JobConfig, *, spread_rows: bool = True) 
         "row_stats": stats | "AllCounts" >> beam.Flatten(),
         "rows_in": rows_in,
         "rows_skipped": rows_skipped,
+        "rows_skipped_failed": skipped_failed,
+        "earlier_shards": shards_matched,
     } | "Finalize" >> FinalizeRun(run_info(job))
 
 

@@ -4,6 +4,8 @@ builders of labelled and failed rows. Shared by every stage."""
 from __future__ import annotations
 
 import datetime
+import os
+import posixpath
 
 import pyarrow as pa
 from apache_beam.ml.inference.base import PredictionResult
@@ -63,6 +65,21 @@ def output_schema(carried: pa.Schema | None = None, embedding_size: int | None =
     carried_fields = list(carried) if carried is not None else []
     embedding = [pa.field(EMBEDDING, EMBEDDING_TYPE)] if embedding_size else []
     return pa.schema(LEADING_FIELDS + carried_fields + RESULT_FIELDS + embedding)
+
+
+def model_identity(model: str | None) -> str | None:
+    """The `model` column's value as --skip-labelled compares it: one spelling per model.
+
+    `hf://OWNER/REPO@REVISION` (the revision is pinned at launch) and URLs lose a trailing `/` and `.` segments; a
+    local path is made absolute and normalised (`models/float/`, `./models/float` and `/abs/models/float` are one
+    model; an older run's relative path is taken from this working directory).
+    """
+    if not model:
+        return None
+    if "://" in model:
+        scheme, rest = model.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(rest) if rest.strip('/') else rest}"
+    return os.path.normpath(os.path.abspath(os.path.expanduser(model)))
 
 
 def _now() -> datetime.datetime:

@@ -316,7 +316,7 @@ def job_config(**changes) -> JobConfig:
         read_policy=READ_POLICY,
         decode_spec=DECODE_SPEC,
         max_error_fraction=1.0,
-        earlier_shards=(),
+        skip_labelled=None,
         relabel_errors=False,
         large_model=False,
         iceberg=None,

@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from beam_pipeline import errors
-from beam_pipeline.inputs.incremental import SkipLabelled, find_earlier_shards
+from beam_pipeline.inputs.incremental import SkipLabelled, earlier_shards
 from beam_pipeline.records import (
     MANIFEST_ERROR_KEY,
     STATUS_ERROR,
@@ -227,8 +227,7 @@ def test_every_input_row_is_skipped_or_labelled_exactly_once(
     for n, (legacy, shard_rows) in enumerate(earlier):
         shard_rows = [(uri_of(name), model, outcome) for name, model, outcome in shard_rows]
         write_previous_output(folder / f"labels-{n:05d}-of-{len(earlier):05d}.parquet", shard_rows, legacy=legacy)
-    shards = find_earlier_shards(str(folder))
-    assert len(shards) == len(earlier)
+    assert len(list(earlier_shards(str(folder)))) == len(earlier)
     finished = _finished_uris(earlier, uri_of, relabel_errors)
     skipped = [row for row in rows if _has_usable_uri(row) and row["uri"] in finished]
     labelled = [row for row in rows if row not in skipped]  # each row has its own id
@@ -267,7 +266,8 @@ def test_every_input_row_is_skipped_or_labelled_exactly_once(
         check_rows([item for item in items if item[0] != SKIPPED])
 
     with test_pipeline.TestPipeline() as p:
-        kept, skipped_count = p | beam.Create(rows) | SkipLabelled(shards, MODEL.model_id, relabel_errors)
+        kept, skipped_rows, _ = p | beam.Create(rows) | SkipLabelled(str(folder), MODEL.model_id, relabel_errors)
+        skipped_count = skipped_rows | beam.combiners.Count.Globally()
         out = (
             label_rows(kept, job_config()),
             skipped_count | beam.Map(lambda count: (SKIPPED, count)),

@@ -100,3 +100,28 @@ def test_two_nights_into_an_iceberg_table(tmp_path, shared, tiny_model, labels_f
         json.loads((out / d / "_SUCCESS").read_text())["run_id"] for d in ("dt=2026-11-26", "dt=2026-11-27")
     ]
     assert success["iceberg"] == {"table": "vision.labels", "snapshot_id": snapshots[-1].snapshot_id}
+
+
+def test_skip_labelled_names_the_iceberg_table(tmp_path, shared, tiny_model, labels_file, capsys):
+    """--skip-labelled TABLE: the first night says the table has no snapshot yet; the next one skips what the
+    table's current snapshot finished (one scan of it), whatever folders its files are in."""
+    base = photo(shared).resize((320, 240))
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(8):
+        (images / f"img_{i}.jpg").write_bytes(jpeg_bytes(base.rotate(i * 11)))
+    (images / "broken.jpg").write_bytes(b"not an image")
+    catalog = f"type=sql,uri=sqlite:///{tmp_path}/catalog.db,warehouse=file://{tmp_path}/warehouse"
+    common = ["--iceberg-catalog", catalog, "--iceberg-table", "vision.labels", "--skip-labelled", "vision.labels"]
+    night1 = [str(images / f"img_{i}.jpg") for i in range(5)] + [str(images / "broken.jpg")]
+    assert label(_manifest(tmp_path / "n1.csv", night1), f"{tmp_path}/a/", tiny_model, labels_file, *common) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "--skip-labelled" in line]
+    assert len(notes) == 1 and "no snapshot yet" in notes[0]
+    night2 = night1 + [str(images / f"img_{i}.jpg") for i in range(5, 8)]
+    assert label(_manifest(tmp_path / "n2.csv", night2), f"{tmp_path}/b/", tiny_model, labels_file, *common) == 0
+    second = pd.read_parquet(tmp_path / "b")
+    assert sorted(second["uri"]) == sorted(night2[6:]), "only the new images"
+    success = json.loads((tmp_path / "b" / "_SUCCESS").read_text())
+    assert (success["rows_in"], success["rows_skipped"], success["rows_skipped_failed"]) == (9, 6, 1)
+    first = json.loads((tmp_path / "a" / "_SUCCESS").read_text())
+    assert success["earlier_shards_matched"] == len(first["shards"])

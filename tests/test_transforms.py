@@ -35,7 +35,7 @@ from fake_job import (
 
 from beam_pipeline import errors
 from beam_pipeline.decode.dofn import FAILED_TAG, DecodeImage
-from beam_pipeline.inputs.incremental import SkipLabelled, find_earlier_shards
+from beam_pipeline.inputs.incremental import SkipLabelled, earlier_shards
 from beam_pipeline.output.finalize import RowStats, merge_stats, reconcile
 from beam_pipeline.records import (
     MANIFEST_ERROR_KEY,
@@ -260,12 +260,12 @@ def test_skip_labelled_skips_rows_the_same_model_finished(tmp_path, relabel_erro
     # Not shards of a finished run: an unfinished run's staging folder and the _SUCCESS file.
     write_previous_output(out / "_staging-run2" / "labels-00000-of-00001.parquet", [("new.png", MODEL.model_id, "ok")])
     (out / "_SUCCESS").write_text("{}")
-    shards = find_earlier_shards(str(out))
+    shards = sorted(earlier_shards(str(out)))
     assert shards == [
         str(out / "dt=1" / "labels-00000-of-00002.parquet"),
         str(out / "dt=2" / "labels-00001-of-00002.parquet"),
     ]
-    assert find_earlier_shards(str(out / "dt=*" / "labels-*.parquet")) == shards
+    assert sorted(earlier_shards(str(out / "dt=*" / "labels-*.parquet"))) == shards
 
     keyed = [
         *("done.png", "done.png", "new.png", "other_model.png", "other_model_missing.png"),
@@ -285,25 +285,25 @@ def test_skip_labelled_skips_rows_the_same_model_finished(tmp_path, relabel_erro
     if not relabel_errors:
         skipped += ["missing.png", "forbidden.png", "old_missing.png", "old_corrupt.png"]
     todo = [row for row in rows if MANIFEST_ERROR_KEY in row or row["uri"] not in skipped]
+    statuses = ["ok" if uri == "done.png" else "error" for uri in skipped]
     assert len(todo) + len(skipped) == len(rows)
 
     with test_pipeline.TestPipeline() as p:
-        kept, skipped_count = p | beam.Create(rows) | SkipLabelled(shards, MODEL.model_id, relabel_errors)
+        kept, skipped_as, matched = p | beam.Create(rows) | SkipLabelled(str(out), MODEL.model_id, relabel_errors)
         assert_that(
-            tag_and_flatten({"kept": kept, "skipped": skipped_count}),
-            by_tag({"kept": equal_to(todo), "skipped": equal_to([len(skipped)])}),
+            tag_and_flatten({"kept": kept, "skipped": skipped_as, "matched": matched}),
+            by_tag({"kept": equal_to(todo), "skipped": equal_to(statuses), "matched": equal_to([2])}),
         )
 
 
 def test_skip_labelled_with_no_earlier_output_keeps_every_row(tmp_path):
-    shards = find_earlier_shards(str(tmp_path / "none"))
-    assert shards == []
+    assert list(earlier_shards(str(tmp_path / "none"))) == []
     rows = [*input_rows(["a.png", "b.png", "a.png", None]), {"uri": "", "id": 4}]
     with test_pipeline.TestPipeline() as p:
-        kept, skipped_count = p | beam.Create(rows) | SkipLabelled(shards, MODEL.model_id, False)
+        kept, skipped, matched = p | beam.Create(rows) | SkipLabelled(str(tmp_path / "none"), MODEL.model_id, False)
         assert_that(
-            tag_and_flatten({"kept": kept, "skipped": skipped_count}),
-            by_tag({"kept": equal_to(rows), "skipped": equal_to([0])}),
+            tag_and_flatten({"kept": kept, "skipped": skipped, "matched": matched}),
+            by_tag({"kept": equal_to(rows), "skipped": equal_to([]), "matched": equal_to([0])}),
         )
 
 

@@ -88,9 +88,12 @@ def splittable(spec: InputSpec) -> bool:
 
 
 def _parquet_rows(file_and_table: tuple[str, pa.Table], *, uri_column: str, carried: pa.Schema) -> Iterator[dict]:
+    """A row group's rows, as dicts a record batch at a time (a whole 1M-row group as dicts is ~1 GB)."""
     path, table = file_and_table
-    for row in table.select([uri_column, *(n for n in carried.names if n in table.column_names)]).to_pylist():
-        yield _output_row(row, path, uri_column, carried)
+    table = table.select([uri_column, *(n for n in carried.names if n in table.column_names)])
+    for batch in table.to_batches(max_chunksize=manifests.MANIFEST_BATCH_ROWS):
+        for row in batch.to_pylist():
+            yield _output_row(row, path, uri_column, carried)
 
 
 def _line_row(

@@ -1,24 +1,29 @@
 """What an `--input` names (an InputSpec), and listing it lazily: a folder's image files, a glob's matches, a
 manifest glob's files.
 
-fsspec's own `glob` lists every match before returning the first; these walk and yield as they go, so a check
-for "is there anything" stops at the first file.
+fsspec's own `glob` and `walk` list each folder whole (gcsfs and s3fs keep every listing in their cache), so a
+flat prefix of a million objects is a million entries in memory before the first is seen. These list in pages
+(`listing_pages`: os.scandir on local disks, the JSON API's pages on GCS) and yield as they go: a check for "is
+there anything" reads one page, and memory does not grow with the number of objects.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 import fsspec
+import fsspec.asyn
 from fsspec.core import split_protocol
 from fsspec.utils import glob_translate
 
 MANIFEST_FORMATS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 GLOB_CHARS = frozenset("*?[")
+PAGE_SIZE = 1000  # names per listing page (the most GCS's JSON API returns in one)
 
 
 class InputError(ValueError):
@@ -54,25 +59,93 @@ def _glob_root(path: str) -> str:
 
 
 def lazy_glob(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
-    """Files matching a glob, found by walking from its root folder (fsspec's glob lists every match first)."""
+    """Files matching a glob, found by listing from its root folder in pages (fsspec's glob lists every match first)."""
     pattern = re.compile(glob_translate(path))
     root = _glob_root(path)
     if not fs.isdir(root):
         return
     depth = None if "**" in path else path[len(root) :].strip("/").count("/") + 1
-    for folder, _, names in fs.walk(root, maxdepth=depth):
-        for name in sorted(names):
-            full = f"{folder.rstrip('/')}/{name}"
-            if pattern.match(full):
-                yield full
+    for page in listing_pages(fs, root, maxdepth=depth):
+        yield from (name for name in page if pattern.match(name))
 
 
 def walk_images(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
     """A folder's image files, recursively, by suffix."""
-    for root, _, names in fs.walk(path):
-        for name in sorted(names):
-            if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield f"{root.rstrip('/')}/{name}"  # gcsfs and s3fs keep a folder's trailing / in `root`
+    for page in listing_pages(fs, path):
+        yield from (name for name in page if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES)
+
+
+def listing_pages(fs: fsspec.AbstractFileSystem, path: str, *, maxdepth: int | None = None) -> Iterator[list[str]]:
+    """The files under a folder (to `maxdepth` levels), in pages of at most PAGE_SIZE sorted names.
+
+    Local folders are read with os.scandir and GCS prefixes a JSON API page at a time (gcsfs's single-page call),
+    so memory holds one page; other stores fall back to fsspec's walk, a folder at a time.
+    """
+    if "file" in fs.protocol or "local" in fs.protocol:
+        yield from _pages(_scandir_files(path.rstrip("/") or "/", maxdepth))
+    elif hasattr(fs, "_call_list_objects"):
+        yield from _pages(_gcs_files(fs, path.rstrip("/"), maxdepth))
+    else:
+        for root, _, names in fs.walk(path, maxdepth=maxdepth):
+            for start in range(0, len(names), PAGE_SIZE):
+                yield [f"{root.rstrip('/')}/{name}" for name in sorted(names)[start : start + PAGE_SIZE]]
+
+
+def _pages(names: Iterator[str]) -> Iterator[list[str]]:
+    page: list[str] = []
+    for name in names:
+        page.append(name)
+        if len(page) == PAGE_SIZE:
+            yield sorted(page)
+            page = []
+    if page:
+        yield sorted(page)
+
+
+def _scandir_files(folder: str, maxdepth: int | None) -> Iterator[str]:
+    """Files under a local folder, depth first, from os.scandir's lazy iterator (one entry at a time)."""
+    stack = [(folder, 1)]
+    while stack:
+        current, depth = stack.pop()
+        try:
+            entries = os.scandir(current)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        with entries:
+            for entry in entries:
+                if entry.is_dir():
+                    if maxdepth is None or depth < maxdepth:
+                        stack.append((entry.path, depth + 1))
+                else:
+                    yield entry.path
+
+
+def _gcs_files(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None) -> Iterator[str]:
+    """Objects under a GCS prefix, a page of the JSON API at a time (gcsfs's own listings fetch every page and
+    cache them all). One level deep is listed with a delimiter; deeper, everything under the prefix, flat."""
+    bucket, key, _ = fs.split_path(path)
+    prefix = f"{key}/" if key else ""
+    delimiter = "/" if maxdepth == 1 else None
+    token = None
+    while True:
+        page = fsspec.asyn.sync(
+            fs.loop,
+            fs._call_list_objects,
+            bucket,
+            prefix=prefix,
+            delimiter=delimiter,
+            maxResults=PAGE_SIZE,
+            pageToken=token,
+        )
+        for item in page.get("items", []):
+            name = item["name"]
+            relative = name[len(prefix) :]
+            if name.endswith("/") or (maxdepth is not None and relative.count("/") >= maxdepth):
+                continue  # a folder marker, or deeper than asked
+            yield f"{bucket}/{name}"
+        token = page.get("nextPageToken")
+        if not token:
+            return
 
 
 def image_uris(spec: InputSpec) -> Iterator[str]:

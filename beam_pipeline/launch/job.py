@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import sys
 import uuid
 
 from apache_beam.io.filesystems import FileSystems
@@ -53,8 +54,9 @@ def prepare(
         carried = checks.carried_schema(specs, flags.uri_column)
     except InputError as exc:
         raise LaunchError("--input", str(exc)) from exc
+    from_table = bool(flags.skip_labelled) and flags.skip_labelled == flags.iceberg_table
     try:
-        earlier_shards = tuple(incremental.find_earlier_shards(flags.skip_labelled)) if flags.skip_labelled else ()
+        note = incremental.check_earlier_output(flags.skip_labelled) if flags.skip_labelled and not from_table else None
     except incremental.EarlierOutputError as exc:
         raise LaunchError("--skip-labelled", str(exc)) from exc
     try:
@@ -79,6 +81,17 @@ def prepare(
             iceberg.check()
         except IcebergError as exc:
             raise LaunchError("--iceberg-table", str(exc)) from exc
+    skip_labelled = flags.skip_labelled
+    if from_table:
+        try:
+            current = iceberg.current_snapshot()
+        except IcebergError as exc:
+            raise LaunchError("--skip-labelled", str(exc)) from exc
+        skip_labelled = incremental.EarlierTable(iceberg, *(current or (None, 0)))
+        if current is None:
+            note = f"--skip-labelled: table {iceberg.table} has no snapshot yet (a first run?): every input is labelled"
+    if note:
+        print(note, file=sys.stderr)
     started_at = datetime.datetime.now(datetime.timezone.utc)
     run_id = layout.new_run_id(started_at)
     output = layout.expand_prefix(flags.output, now=started_at, run_id=run_id)
@@ -120,7 +133,7 @@ def prepare(
         ),
         decode_spec=DecodeSpec(size=classifier.input_size, resize=flags.resize, max_pixels=flags.max_image_pixels),
         max_error_fraction=flags.max_error_fraction,
-        earlier_shards=earlier_shards,
+        skip_labelled=skip_labelled,
         relabel_errors=flags.relabel_errors,
         large_model=flags.large_model,
         threads_per_process=threads_per_process,

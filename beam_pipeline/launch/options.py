@@ -242,10 +242,10 @@ def add_labeller_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--skip-labelled",
-        metavar="GLOB_OR_FOLDER",
-        help="Output of earlier runs (a folder or a glob, e.g. 'out/dt=*/*'; only this job's published shards count): "
-        "inputs it labelled, or that failed permanently, with the same --model are not labelled again; transient "
-        "failures are retried (joined inside the pipeline).",
+        metavar="GLOB_OR_FOLDER_OR_TABLE",
+        help="Output of earlier runs (a folder or a glob, e.g. 'out/dt=*/*'; only this job's published shards "
+        "count), or the --iceberg-table's name: inputs it labelled, or that failed permanently, with the same model "
+        "are not labelled again; transient failures are retried (checked inside the pipeline).",
     )
     group.add_argument(
         "--relabel-errors",

@@ -16,7 +16,10 @@ def format_summary(record: dict) -> str:
         f"time: {seconds:.1f} s  ({record['images_per_second'] or 0:.1f} images/s)",
     ]
     if record["rows_skipped"]:
-        lines.append(f"skipped (labelled by an earlier run): {record['rows_skipped']}")
+        failed = record.get("rows_skipped_failed", 0)
+        labelled = record["rows_skipped"] - failed
+        line = f"skipped (labelled by an earlier run): {labelled}"
+        lines.append(line + (f", failed for good in an earlier run: {failed}" if failed else ""))
     if record["errors_by_type"]:
         lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(record["errors_by_type"].items())))
     if record["top_labels"]:

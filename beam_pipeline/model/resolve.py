@@ -81,6 +81,13 @@ def resolve(spec: str, backend: str | None = None, precision: str = DEFAULT_PREC
     not offer (whether the CPU can run it is checked where the model is compiled, backends/openvino.py).
     """
     kind = kind_of(spec)
+    if kind in ("savedmodel", "tflite") and "://" not in spec:
+        # One spelling of a local model (`m/float/`, `./m/float`, from another folder) in the `model` column, which
+        # --skip-labelled compares (records.model_identity). Imported here: records imports Beam, which the launcher
+        # imports later without its unused connectors (launch/cli.import_beam), and options.py imports this module.
+        from beam_pipeline.records import model_identity
+
+        spec = model_identity(spec)
     chosen = choose_backend(backend, kind)
     if precision != DEFAULT_PRECISION and chosen != "openvino":
         raise PrecisionError(f"{precision} is for --backend openvino; this model runs on {chosen}")

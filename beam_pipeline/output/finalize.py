@@ -94,8 +94,9 @@ class FinalizeRun(beam.PTransform):
     """Writes `_SUCCESS` once the shards are final: the run's summary, with `status` ok or failed.
 
     Inputs (a dict of PCollections): `shards` ((name, rows) of each staged file the sink wrote), `rows_in` (rows
-    entering the job after expansion), `rows_skipped` (left out by --skip-labelled), `row_stats` (RowStats of each
-    branch of rows sent to the sink).
+    entering the job after expansion), `rows_skipped` (left out by --skip-labelled), `rows_skipped_failed` (of
+    those, the ones that had failed for good), `earlier_shards` (how many earlier shards --skip-labelled matched,
+    None without it), `row_stats` (RowStats of each branch of rows sent to the sink).
     Output: the summary record, also written as JSON to `_SUCCESS`.
     """
 
@@ -114,13 +115,23 @@ class FinalizeRun(beam.PTransform):
                 shards=beam.pvalue.AsList(inputs["shards"]),
                 rows_in=beam.pvalue.AsSingleton(inputs["rows_in"]),
                 rows_skipped=beam.pvalue.AsSingleton(inputs["rows_skipped"]),
+                rows_skipped_failed=beam.pvalue.AsSingleton(inputs["rows_skipped_failed"]),
+                earlier_shards=beam.pvalue.AsSingleton(inputs["earlier_shards"]),
                 row_stats=beam.pvalue.AsList(inputs["row_stats"]),
             )
         )
 
 
 def finalize_run(
-    _, *, info: RunInfo, shards: list[tuple[str, int]], rows_in: int, rows_skipped: int, row_stats: list[dict]
+    _,
+    *,
+    info: RunInfo,
+    shards: list[tuple[str, int]],
+    rows_in: int,
+    rows_skipped: int,
+    row_stats: list[dict],
+    rows_skipped_failed: int = 0,
+    earlier_shards: int | None = None,
 ) -> dict:
     """Decides (or finds what an earlier attempt decided), carries it out, writes `_SUCCESS`; returns that record."""
     intent = publish.read_record(intent_path(info.output, info.run_id))
@@ -131,6 +142,7 @@ def finalize_run(
             return done
         staged = sorted((str(path), int(rows)) for path, rows in shards)
         intent = decide(info, staged, rows_in=rows_in, rows_skipped=rows_skipped, stats=merge_stats(row_stats))
+        intent["record"].update(rows_skipped_failed=rows_skipped_failed, earlier_shards_matched=earlier_shards)
         publish.write_record(intent_path(info.output, info.run_id), intent, scratch=_scratch(info))
     return carry_out(info, intent)
 

@@ -48,6 +48,19 @@ class IcebergTarget:
             raise IcebergError(f"expected NAMESPACE.TABLE, got {self.table!r}")
         self.load_catalog()
 
+    def current_snapshot(self) -> tuple[int, int] | None:
+        """At launch, for --skip-labelled naming the table: (its current snapshot id, data files in it), or None
+        when the table or its first snapshot does not exist yet."""
+        from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+        try:
+            snapshot = self.load_catalog().load_table(self.table).current_snapshot()
+        except (NoSuchTableError, NoSuchNamespaceError):
+            return None
+        if snapshot is None:
+            return None
+        return snapshot.snapshot_id, int((snapshot.summary or {}).get("total-data-files", 0))
+
     def commit(self, files: list[str], schema: pa.Schema, run_id: str) -> int:
         """Adds `files` in one snapshot tagged with `run_id` (once); returns that snapshot's id."""
         from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException, NoSuchTableError

@@ -1,0 +1,144 @@
+"""What `--skip-labelled` costs as history grows: tonight's run against 1 and 366 earlier nights.
+
+Tonight's input is the 100 photos of ../shared/images/imagenet-sample-100, every one labelled before: the most
+recent earlier night holds an `ok` row for each (same model), beside rows of other URIs. Every earlier night has
+2,000 rows in 3 shards, as a nightly job leaves them (`out/dt=DATE/labels-SSSSS-of-00003.parquet` and `_SUCCESS`).
+Each case runs `python -m beam_pipeline ... --skip-labelled 'out/dt=*/*'` under measure.py's wrapper (wall time and
+peak RSS of the whole command); cases are interleaved over the repeats, so drift of a loaded machine hits both alike,
+and the ratio of the largest case to the smallest is printed from the same run.
+
+    python benchmarks/history.py                       # 1 and 366 nights, 2 repeats
+    python benchmarks/history.py --nights 1,366,3650 --repeats 1
+    python benchmarks/history.py --table              # the same nights as snapshots of an Iceberg table (SQLite
+                                                      # catalog): --skip-labelled names the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from measure import run_measured
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from beam_pipeline.records import output_schema  # noqa: E402
+
+ROWS_PER_NIGHT = 2000
+SHARDS_PER_NIGHT = 3
+
+
+def write_history(out: Path, nights: int, tonight: list[str], model_id: str) -> None:
+    """`nights` earlier nights under `out/dt=DATE/`; the latest one labelled every URI of `tonight`."""
+    schema = output_schema()
+    first = datetime.date(2020, 1, 1)
+    for night in range(nights):
+        day = first + datetime.timedelta(days=night)
+        uris = [f"gs://bucket/images/{day:%Y/%m/%d}/{i:05d}.jpg" for i in range(ROWS_PER_NIGHT)]
+        if night == nights - 1:
+            uris[: len(tonight)] = tonight
+        folder = out / f"dt={day:%Y-%m-%d}"
+        folder.mkdir(parents=True)
+        labelled_at = datetime.datetime(day.year, day.month, day.day, 3, tzinfo=datetime.timezone.utc)
+        per_shard = -(-len(uris) // SHARDS_PER_NIGHT)
+        for shard in range(SHARDS_PER_NIGHT):
+            part = uris[shard * per_shard : (shard + 1) * per_shard]
+            n = len(part)
+            columns = {
+                "uri": part,
+                "width": [640] * n,
+                "height": [480] * n,
+                "status": ["ok"] * n,
+                "label": ["tench"] * n,
+                "score": [0.5] * n,
+                "top_k": [[{"label": "tench", "score": 0.5}]] * n,
+                "model": [model_id] * n,
+                "labelled_at": [labelled_at] * n,
+            }
+            table = pa.table({f.name: columns.get(f.name, [None] * n) for f in schema}, schema=schema)
+            pq.write_table(table, folder / f"labels-{shard:05d}-of-{SHARDS_PER_NIGHT:05d}.parquet")
+        (folder / "_SUCCESS").write_text(json.dumps({"status": "ok", "rows": len(uris)}))
+
+
+def catalog_of(history: Path) -> str:
+    return f"type=sql,uri=sqlite:///{history}/catalog.db,warehouse=file://{history}/warehouse"
+
+
+def commit_nights(history: Path) -> None:
+    """Each earlier night's shards as one snapshot of the table vision.labels, by the job's own commit."""
+    from beam_pipeline.output.iceberg import IcebergTarget
+
+    target = IcebergTarget("vision.labels", catalog_of(history))
+    for night in sorted(history.glob("dt=*")):
+        target.commit(sorted(str(p) for p in night.glob("labels-*.parquet")), output_schema(), night.name)
+
+
+def run_tonight(history: Path, images: Path, model: str, labels: str, tag: str, table: bool) -> dict:
+    output = history.parent / f"tonight-{history.name}-{tag}" / "labels"
+    command = [sys.executable, "-m", "beam_pipeline", "--input", str(images), "--output", str(output)]
+    command += ["--model", model, "--labels", labels]
+    if table:
+        command += ["--iceberg-catalog", catalog_of(history), "--iceberg-table", "vision.labels"]
+        command += ["--skip-labelled", "vision.labels"]
+    else:
+        command += ["--skip-labelled", f"{history}/dt=*/*"]
+    run = run_measured(command)
+    run.check(f"tonight against {history.name}")
+    success = json.loads((output.parent / "_SUCCESS").read_text())
+    if (success["rows_in"], success["rows_skipped"], success["rows"]) != (100, 100, 0):
+        raise SystemExit(f"expected 100 rows in, all skipped: {success}")
+    return {"wall_s": run.wall_s, "peak_rss_mib": run.maxrss_mib}
+
+
+def main(argv: list[str] | None = None) -> int:
+    shared = Path(os.environ.get("LABELLER_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nights", default="1,366", help="comma-separated counts of earlier nights")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--model", default=str(shared / "models" / "mobilenet_v3_small_100_224_float"))
+    parser.add_argument("--table", action="store_true", help="the earlier nights as Iceberg snapshots")
+    parser.add_argument("--labels", default=str(shared / "labels" / "ImageNetLabels.txt"))
+    args = parser.parse_args(argv)
+    images = shared / "images" / "imagenet-sample-100"
+    tonight = sorted(str(p) for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if len(tonight) != 100:
+        raise SystemExit(f"expected 100 images in {images}, found {len(tonight)}")
+    counts = [int(n) for n in args.nights.split(",")]
+    results: dict[int, list[dict]] = {n: [] for n in counts}
+    with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
+        for n in counts:
+            write_history(Path(tmp) / f"n{n}", n, tonight, args.model)
+            if args.table:
+                commit_nights(Path(tmp) / f"n{n}")
+        for repeat in range(args.repeats):
+            for n in counts:
+                run = run_tonight(Path(tmp) / f"n{n}", images, args.model, args.labels, f"r{repeat}", args.table)
+                results[n].append(run)
+    load = os.getloadavg()
+    print(f"load average {' '.join(f'{x:.2f}' for x in load)} (1/5/15 min, at the end)")
+    print(f"earlier nights as {'snapshots of an Iceberg table' if args.table else 'folders of shards'}")
+    print(f"| earlier nights | shards | rows | wall s (median of {args.repeats}) | peak RSS MiB | x time | x RSS |")
+    print("|---|---|---|---|---|---|---|")
+    base = counts[0]
+    base_wall = statistics.median(r["wall_s"] for r in results[base])
+    base_rss = statistics.median(r["peak_rss_mib"] for r in results[base])
+    for n in counts:
+        wall = statistics.median(r["wall_s"] for r in results[n])
+        rss = statistics.median(r["peak_rss_mib"] for r in results[n])
+        shards = n * SHARDS_PER_NIGHT
+        print(f"| {n} | {shards} | {n * ROWS_PER_NIGHT:,} | {wall:.1f} | {rss:.0f} | {wall / base_wall:.2f} | "
+              f"{rss / base_rss:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
