@@ -199,10 +199,13 @@ def test_duckdb_finds_each_copy_nearest_to_its_original(runs, corpus):
     ).fetchone() == (100 + 2 * COPIES, SIZE, SIZE)
 
 
-def test_iceberg_gains_the_columns_and_skip_labelled_wants_embeddings(tmp_path, shared, float_model, labels_file):
+@pytest.mark.parametrize("earlier", ["files", "table"])
+def test_iceberg_gains_the_columns_and_skip_labelled_wants_embeddings(
+    tmp_path, shared, float_model, labels_file, earlier
+):
     """A table from before content identity gains content_sha256 and phash on the first run that writes them and
-    `embedding` on the first run with --embeddings; --skip-labelled with --embeddings labels again the rows that
-    have no embedding, and then skips them."""
+    `embedding` on the first run with --embeddings; --skip-labelled (over the shards, or naming the table) with
+    --embeddings labels again the rows that have no embedding, and then skips them."""
     from pyiceberg.catalog import load_catalog
 
     catalog_spec = f"type=sql,uri=sqlite:///{tmp_path}/catalog.db,warehouse=file://{tmp_path}/warehouse"
@@ -211,7 +214,8 @@ def test_iceberg_gains_the_columns_and_skip_labelled_wants_embeddings(tmp_path, 
     older = pa.schema([f for f in output_schema() if f.name not in ("content_sha256", "phash")])
     catalog.create_table("vision.labels", schema=older)
     photos, out = shared / "images" / "photos", tmp_path / "out"
-    common = ["--iceberg-catalog", catalog_spec, "--iceberg-table", "vision.labels", "--skip-labelled", f"{out}/*/*"]
+    skip = f"{out}/*/*" if earlier == "files" else "vision.labels"
+    common = ["--iceberg-catalog", catalog_spec, "--iceberg-table", "vision.labels", "--skip-labelled", skip]
 
     assert label(photos, out / "1" / "labels", float_model, labels_file, *common) == 0
     table = catalog.load_table("vision.labels")
