@@ -19,10 +19,10 @@ import fsspec.asyn
 # per process labelled 131, 153 and 162 images/s on the one-process-per-core layout (75, 87, 104 on the in-memory
 # one; the per-host cap bound first on that one host); each read in flight holds at most one image's bytes.
 DEFAULT_READS_IN_FLIGHT = 64
-# Per process: 16 keeps one host 40 ms away from slowing a 2-core process (benchmarks/README.md, latency.py: 8 gave
-# 0.49 of the 0 ms rate in the in-memory layout, 16 gave 1.00); a job of 50 worker processes asks one host at most 800
-# at once (lower it for crawled manifests of small sites).
-DEFAULT_REQUESTS_PER_HOST = 16
+# Per process: 32 keeps one host 40 ms away from slowing a 2-core process on a quiet machine (benchmarks/README.md,
+# latency.py, in-memory layout: 8 gave 0.49 of the 0 ms rate, 16 gave 0.65, 32 gave 0.93); a job of 50 worker
+# processes asks one host at most 1,600 at once (lower it for crawled manifests of small sites).
+DEFAULT_REQUESTS_PER_HOST = 32
 # Bytes that finished reads may hold until their image is decoded, per process. Reads stop starting while it is
 # spent (a read bigger than the whole budget waits until it is alone), so fast storage and slow decoding cannot
 # pile images up in memory. Reads in progress are bounded by the count above and --max-bytes each.
