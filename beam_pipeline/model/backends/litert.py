@@ -26,17 +26,9 @@ class LiteRTClassifier:
         self._content = model_content
         self._workers = num_threads or default_num_threads()
         self._local = threading.local()
-        # The graph as the file has it (the interpreters below run most ops inside XNNPACK's DELEGATE nodes).
-        plain = Interpreter(
-            model_content=model_content, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        self._output, self._has_classifier, self._features = tflite.output_and_features(
+            Interpreter, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, model_content, embeddings=embeddings
         )
-        plain.allocate_tensors()
-        self._output = plain.get_output_details()[0]
-        features = tflite.classifier_input(plain._get_ops_details(), self._output["index"])
-        self._has_classifier = features is not None
-        self._features = None
-        if embeddings and features is not None:
-            self._features = next(t for t in plain.get_tensor_details() if t["index"] == features)
         self._pool = concurrent.futures.ThreadPoolExecutor(self._workers, thread_name_prefix="litert")
         interpreter = self._pool.submit(self._interpreter).result()
         self._input = interpreter.get_input_details()[0]

@@ -142,17 +142,13 @@ class TFLiteClassifier:
     def __init__(self, model_content: bytes, *, num_threads: int | None = None, embeddings: bool = False):
         tf = import_tensorflow()
 
-        plain = tf.lite.Interpreter(
-            model_content=model_content,
-            experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        self._output, self._has_classifier, self._features = tflite.output_and_features(
+            tf.lite.Interpreter,
+            tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            model_content,
+            embeddings=embeddings,
         )
-        plain.allocate_tensors()
-        self._output = plain.get_output_details()[0]
-        features = tflite.classifier_input(plain._get_ops_details(), self._output["index"])
-        self._has_classifier = features is not None
-        self._features = None
-        if embeddings and features is not None:
-            self._features = next(t for t in plain.get_tensor_details() if t["index"] == features)
+        if self._features is not None:
             self._interpreter = tflite.preserving_tensors(
                 tf.lite.Interpreter, model_content=model_content, num_threads=num_threads
             )

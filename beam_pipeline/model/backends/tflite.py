@@ -65,6 +65,22 @@ def classifier_input(ops: list[dict[str, Any]], output: int) -> int | None:
     return int(op["inputs"][0]) if op is not None and op["op_name"] in _CLASSIFIER_OPS else None
 
 
+def output_and_features(
+    make: Callable[..., Any], resolver: Any, model_content: bytes, *, embeddings: bool
+) -> tuple[dict[str, Any], bool, dict[str, Any] | None]:
+    """The output tensor's details, whether a classifier layer produces it, and (with `embeddings`, where there is
+    one) the details of the tensor feeding that layer. Read from the graph as the file has it: an interpreter made
+    by `make` with op resolver `resolver` without default delegates (XNNPACK's DELEGATE nodes hide the ops)."""
+    plain = make(model_content=model_content, experimental_op_resolver_type=resolver)
+    plain.allocate_tensors()
+    output = plain.get_output_details()[0]
+    features = classifier_input(plain._get_ops_details(), output["index"])
+    wanted = None
+    if embeddings and features is not None:
+        wanted = next(t for t in plain.get_tensor_details() if t["index"] == features)
+    return output, features is not None, wanted
+
+
 def preserving_tensors(make: Callable[..., Any], **kwargs: Any) -> Any:
     """`make(..., experimental_preserve_all_tensors=True)`, without the warning that it is meant for debugging: it
     is how an intermediate tensor stays readable after invoke."""
