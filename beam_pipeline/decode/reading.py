@@ -20,6 +20,7 @@ import fsspec
 import fsspec.asyn
 from aiohttp.resolver import ThreadedResolver
 from fsspec.core import split_protocol
+from fsspec.implementations.local import LocalFileSystem
 
 from beam_pipeline import errors
 from beam_pipeline.decode import polite
@@ -174,6 +175,11 @@ def _too_large(max_bytes: int, declared: int | None = None) -> errors.ImageInput
 
 
 def _read(uri: str, max_bytes: int) -> bytes:
+    if scheme_of(uri) == "file":
+        # What fsspec's LocalFileSystem opens, without fsspec.open's URL parsing and OpenFile: ~0.1 ms of Python
+        # per image, held under the GIL that the decode threads and the model's caller share.
+        with open(LocalFileSystem._strip_protocol(uri), "rb") as f:
+            return f.read(max_bytes + 1)
     with fsspec.open(uri, "rb") as f:
         # Read one byte past the limit instead of asking for the size first.
         return f.read(max_bytes + 1)

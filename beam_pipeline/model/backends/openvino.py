@@ -117,7 +117,9 @@ class OpenVINOClassifier:
             images = np.concatenate([images, np.zeros((padded, *images.shape[1:]), images.dtype)])
         outputs = [np.empty((n + padded, width), np.float32) for width in self._widths]
         for start in range(0, n + padded, batch):
-            queue.start_async({0: images[start : start + batch]}, userdata=(outputs, start))
+            # share_inputs: the request reads the batch's own memory (it outlives wait_all) instead of a copy made
+            # under the GIL, which the decode threads wait on.
+            queue.start_async({0: images[start : start + batch]}, userdata=(outputs, start), share_inputs=True)
         queue.wait_all()
         return [out[:n] for out in outputs]
 
