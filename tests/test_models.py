@@ -1,4 +1,5 @@
-"""Where models and labels come from: TF Hub handles, remote SavedModels, label URLs; and bad models fail at launch."""
+"""Where models and labels come from: TF Hub handles, remote SavedModels, label URLs; bad models fail at launch; how
+scores rank into top-k."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import shutil
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pytest
 from conftest import read_output, run_cli, run_job, serve_folder, shared_dir
 
 from beam_pipeline.model import labels as labels_module
+from beam_pipeline.model.handler import top_k_ids
 
 TFHUB_HANDLE = "https://tfhub.dev/google/imagenet/mobilenet_v3_small_100_224/classification/5"
 
@@ -120,3 +123,13 @@ def test_tflite_batches_match_single_images(tflite_model, shared, backend):
     # Dequantised softmax: multiples of 1/256 in [0, 1); rounding drops the many tiny classes, so rows sum to <= 1.
     assert np.all(batch >= 0) and np.all(batch.sum(axis=1) <= 1.0 + 1e-6) and np.all(batch.max(axis=1) > 0.2)
     np.testing.assert_array_equal(batch * 256, np.round(batch * 256))
+
+
+@pytest.mark.parametrize("k", [1, 5, 1001])
+def test_top_k_ids_rank_as_a_stable_sort_with_ties_to_the_lower_id(k):
+    rng = np.random.default_rng(7)
+    smooth = rng.random((64, 1001), dtype=np.float32)
+    quantised = np.round(smooth * 16) / 16  # scores tie as an 8-bit model's do, often at the k-th place
+    for scores in (smooth, quantised):
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(np.stack(top_k_ids(scores, k)), expected)

@@ -88,11 +88,9 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Classifi
         ]
 
     def _top_k_of(self, probabilities: np.ndarray) -> list[list[ScoredClass]]:
-        # A stable sort breaks ties (common in quantised outputs) towards the lower class id, as argmax does.
-        top_ids = np.argsort(-probabilities, axis=1, kind="stable")[:, : self._top_k]
         return [
             [ScoredClass(int(i), self._labels[i], float(row[i])) for i in ids]
-            for row, ids in zip(probabilities, top_ids)
+            for row, ids in zip(probabilities, top_k_ids(probabilities, self._top_k))
         ]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
@@ -107,3 +105,19 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Classifi
 
     def share_model_across_processes(self) -> bool:
         return self._large_model
+
+
+def top_k_ids(scores: np.ndarray, k: int) -> list[np.ndarray]:
+    """Each row's k highest-scoring class ids, best first; ties (common in quantised outputs) go to the lower id,
+    as argmax does.
+
+    A full stable argsort of a [64, 1001] batch is 4 ms under the GIL; this partitions for each row's k-th score,
+    then stable-sorts only the classes at or above it (more than k where scores tie at the boundary).
+    """
+    k = min(k, scores.shape[1])
+    kth = np.partition(scores, -k, axis=1)[:, -k]
+    ids = []
+    for row, threshold in zip(scores, kth):
+        candidates = np.flatnonzero(row >= threshold)
+        ids.append(candidates[np.argsort(-row[candidates], kind="stable")][:k])
+    return ids
