@@ -87,6 +87,24 @@ def test_globs_match_as_the_streamed_path_matches(tmp_path, pattern):
     assert split and len(split) == len(set(split)) and sorted(split) == sorted(streamed)
 
 
+def test_a_store_without_paged_listings_is_split_alike(tmp_path):
+    """memory:// (as s3 and http, listed by fsspec's walk a level at a time): the same exactly-once expansion."""
+    import fsspec
+
+    root = _nested(tmp_path / "tree")
+    memory = fsspec.filesystem("memory")
+    for path in root.rglob("*"):
+        if path.is_file():
+            memory.pipe(f"/fanout-tree/{path.relative_to(root)}", b"x")
+    try:
+        found = _expanded("memory://fanout-tree", tmp_path)
+        streamed = _expanded("memory://fanout-tree", tmp_path, spread=False)
+    finally:
+        memory.rm("/fanout-tree", recursive=True)
+    assert collections.Counter(uri.split("/fanout-tree/", 1)[1] for uri in found) == _walked(root)
+    assert sorted(found) == sorted(streamed)
+
+
 def _paged(ls, served: collections.Counter):
     """gcp-storage-emulator's objects.list answers every match at once; GCS pages them, objects and delimiter
     prefixes together in name order, at most maxResults (1,000) a page with a nextPageToken (here the last name).
