@@ -79,6 +79,37 @@ def test_a_flat_folder_comes_in_pages_and_every_file_once(tmp_path):
     assert collections.Counter(os.path.relpath(uri, root) for uri in found) == _walked(root)
 
 
+def test_a_lister_reads_a_page_ahead_of_what_it_emits(tmp_path, monkeypatch):
+    """The levels and sub-prefixes are listed lazily: a first page out costs one page of directory entries read,
+    however many the folder holds (so a worker's memory does not grow with the folder)."""
+    root = _flat(tmp_path / "tree" / "flat")
+    read = collections.Counter()
+    scandir = os.scandir
+
+    class Counted:
+        def __init__(self, path):
+            self._entries = scandir(path)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self._entries.close()
+
+        def __iter__(self):
+            for entry in self._entries:
+                read["entries"] += 1
+                yield entry
+
+    monkeypatch.setattr(os, "scandir", Counted)
+    first = next(fanout.root_pages(InputSpec.parse(str(root))))
+    assert len(first) <= PAGE_SIZE and read["entries"] == PAGE_SIZE
+    (prefix,) = [o.value for o in fanout.root_pages(InputSpec.parse(str(root.parent))) if isinstance(o, TaggedOutput)]
+    read.clear()
+    first = next(fanout.prefix_pages(prefix))
+    assert len(first) <= PAGE_SIZE and read["entries"] == PAGE_SIZE
+
+
 @pytest.mark.parametrize("pattern", ["*/*.jpg", "**/*.PNG", "s0*/t1/*", "c1/*/*/*.webp", "**", "*/*/*/*", "a.jpg"])
 def test_globs_match_as_the_streamed_path_matches(tmp_path, pattern):
     root = _nested(tmp_path / "tree")
