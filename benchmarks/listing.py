@@ -1,12 +1,16 @@
-"""Listing that scales: the launch check and the expansion of a flat folder, against the number of objects in it.
+"""Listing that scales: the launch check, the expansion of a flat folder and the whole job's first labelled row,
+against the number of objects in it.
 
-A flat local folder of 1,000 and of 1,000,000 small `.jpg` files, and a flat prefix of 1,000 and of 20,000 objects
-on gcp-storage-emulator (in this process, on 127.0.0.1, made to page its listings as GCS does). For each, a fresh
-process (measure.py's wrapper: wall time, peak RSS) imports the job, runs the launch checks of `--input FOLDER`
-(inputs/checks.py: check_exists, count_rows) and takes the first row of the expansion (inputs/expand.expand_input,
-as the pipeline's first stage does): the launcher's work and the time to the first row a worker can decode. A
-second process streams every row of the expansion (memory should not grow with the count). Ratios are to the
-1,000-object case of the same store, same run.
+A flat local folder of 1,000 and of 1,000,000 small `.jpg` files (hard links to a few copies of one small JPEG), and
+a flat prefix of 1,000 and of 20,000 such objects on gcp-storage-emulator (in this process, on 127.0.0.1, made to
+page its listings as GCS does). For each, a fresh process (measure.py's wrapper: wall time, peak RSS) imports the
+job, runs the launch checks of `--input FOLDER` (inputs/checks.py: check_exists, count_rows) and takes the first row
+of the expansion (inputs/expand.expand_input, as the pipeline's first stage does): the launcher's work and the time
+to the first row a worker can decode. A second process streams every row of the expansion (memory should not grow
+with the count). Then the whole job runs (`python -m beam_pipeline --input FOLDER ...` on the local runner, the
+model in ../shared, a progress line every 0.1 s) until its progress line first counts a labelled row: the seconds
+from its start and the launcher's peak RSS (VmHWM) then; it is stopped there with SIGINT (as a user's Ctrl-C), so
+the big cases do not label everything. Ratios are to the 1,000-object case of the same store, same run.
 
     python benchmarks/listing.py                     # local 1,000 and 1,000,000; GCS 1,000 and 20,000
     python benchmarks/listing.py --local 1000,100000 --gcs 1000,5000
@@ -17,19 +21,29 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import collections
+import io
 import json
 import logging
 import os
+import re
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from measure import run_measured
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("LABELLER_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+MODEL = SHARED / "models" / "mobilenet_v3_small_100_224_float"
+LABELS = SHARED / "labels" / "ImageNetLabels.txt"
 BUCKET = "listing-bench"
+LINKS_PER_COPY = 50_000  # ext4 allows 65,000 hard links to one file
 MODES = ("first", "all")
 PROBE = r"""
 import json, sys, time
@@ -50,12 +64,34 @@ print(json.dumps({"check_s": checked - imported, "first_row_s": first - imported
 """
 
 
+JOB = r"""
+import runpy, sys
+from beam_pipeline.launch import progress
+progress.INTERVAL_SECONDS = 0.1  # the first labelled row is seen within 0.1 s of being written
+sys.argv[0] = "beam_pipeline"
+runpy.run_module("beam_pipeline", run_name="__main__", alter_sys=True)
+"""
+PROGRESS = re.compile(r"labelled ([\d,]+)(?:/[\d,]+)?\s+\(([\d,]+) failed\)")
+
+
+def small_jpeg() -> bytes:
+    """A 96x96 JPEG of a photo in ../shared (about 3 KB)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(SHARED / "images" / "photos" / "cat.bmp").convert("RGB").resize((96, 96)).save(out, "JPEG")
+    return out.getvalue()
+
+
 def make_local(folder: Path, n: int) -> str:
+    """`n` JPEGs in a flat folder: hard links to n / LINKS_PER_COPY copies of one, kept beside the folder."""
     folder.mkdir(parents=True, exist_ok=True)
+    data = small_jpeg()
     for i in range(n):
-        fd = os.open(folder / f"img_{i:07d}.jpg", os.O_CREAT | os.O_WRONLY, 0o644)
-        os.write(fd, b"x")
-        os.close(fd)
+        source = folder.parent / f"{folder.name}-copy-{i // LINKS_PER_COPY}.jpg"
+        if i % LINKS_PER_COPY == 0:
+            source.write_bytes(data)
+        os.link(source, folder / f"img_{i:07d}.jpg")
     return str(folder)
 
 
@@ -104,15 +140,17 @@ def start_emulator() -> tuple[str, object]:
 
 
 def make_gcs(url: str, server, prefix: str, n: int) -> str:
-    """`n` one-byte objects under `prefix`, put straight into the emulator's in-memory store: its upload handler
+    """`n` small JPEG objects under `prefix`, put straight into the emulator's in-memory store: its upload handler
     rewrites its whole metadata file per object, which makes 20,000 uploads take ~20 minutes."""
     from gcp_storage_emulator.handlers.objects import _make_object_resource
 
     storage = server._storage
+    data = small_jpeg()
     for i in range(n):
         name = f"{prefix}/img_{i:07d}.jpg"
-        storage.objects.setdefault(BUCKET, {})[name] = _make_object_resource(url, BUCKET, name, "image/jpeg", 1)
-        storage._store.write_bytes(storage._object_path(BUCKET, name), b"x")
+        resource = _make_object_resource(url, BUCKET, name, "image/jpeg", len(data))
+        storage.objects.setdefault(BUCKET, {})[name] = resource
+        storage._store.write_bytes(storage._object_path(BUCKET, name), data)
     return f"gs://{BUCKET}/{prefix}/"
 
 
@@ -131,15 +169,54 @@ def probe(location: str, mode: str, env: dict[str, str], repeats: int) -> dict:
     }
 
 
+def first_labelled(location: str, env: dict[str, str], repeats: int) -> dict:
+    """The whole job on `location` to its first labelled row, `repeats` times: medians of the seconds from its start
+    and of the launcher's peak RSS (MiB) at that moment."""
+    runs = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="bench-listing-job-") as out:
+            command = [sys.executable, "-c", JOB, "--input", location, "--output", f"{out}/labels/"]
+            command += ["--model", str(MODEL), "--labels", str(LABELS)]
+            runs.append(_until_first_labelled(command, env))
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def _until_first_labelled(command: list[str], env: dict[str, str]) -> dict:
+    started = time.monotonic()
+    job = subprocess.Popen(
+        command, env=env, cwd=env["PYTHONPATH"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    seen = None
+    for line in job.stderr:
+        tail.append(line)
+        match = PROGRESS.search(line)
+        if seen is None and match and int(match[1].replace(",", "")) > int(match[2].replace(",", "")):
+            seen = {"first_labelled_s": time.monotonic() - started, "rss_mib": _peak_rss_mib(job.pid)}
+            job.send_signal(signal.SIGINT)
+    job.wait()
+    if seen is None:
+        raise SystemExit(f"{' '.join(command)} labelled nothing (exit {job.returncode}):\n{''.join(tail)}")
+    return seen
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """A live process's peak resident set (VmHWM) so far."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
 def report(store: str, cases: dict[int, dict[str, dict]]) -> None:
     base = cases[min(cases)]
     for n, case in sorted(cases.items()):
-        first, full = case["first"], case["all"]
+        first, full, job = case["first"], case["all"], case["job"]
         print(
             f"| {store} | {n:,} | {first['check_s']:.2f} | {first['first_row_s']:.2f} "
             f"({first['first_row_s'] / base['first']['first_row_s']:.2f}x) | {first['rss_mib']:.0f} "
             f"({first['rss_mib'] / base['first']['rss_mib']:.2f}x) | {full['all_s']:.1f} | {full['rss_mib']:.0f} "
-            f"({full['rss_mib'] / base['all']['rss_mib']:.2f}x) | {first['counted_at_launch']} |"
+            f"({full['rss_mib'] / base['all']['rss_mib']:.2f}x) | {first['counted_at_launch']} | "
+            f"{job['first_labelled_s']:.2f} ({job['first_labelled_s'] / base['job']['first_labelled_s']:.2f}x) | "
+            f"{job['rss_mib']:.0f} ({job['rss_mib'] / base['job']['rss_mib']:.2f}x) |"
         )
 
 
@@ -148,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local", default="1000,1000000", help="comma-separated file counts ('' for none)")
     parser.add_argument("--gcs", default="1000,20000", help="comma-separated object counts ('' for none)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each probe (medians are shown)")
+    parser.add_argument("--job-repeats", type=int, default=2, help="whole-job runs of each case (medians are shown)")
     parser.add_argument("--code", default=str(REPO_ROOT), help="folder holding the beam_pipeline package to run")
     args = parser.parse_args(argv)
     env = {**os.environ, "PYTHONPATH": args.code}
@@ -155,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-listing-") as tmp:
         for n in [int(x) for x in args.local.split(",") if x]:
             folder = make_local(Path(tmp) / f"flat-{n}", n)
-            results.setdefault("local", {})[n] = {mode: probe(folder, mode, env, args.repeats) for mode in MODES}
+            cases = {mode: probe(folder, mode, env, args.repeats) for mode in MODES}
+            results.setdefault("local", {})[n] = {**cases, "job": first_labelled(folder, env, args.job_repeats)}
         gcs = [int(x) for x in args.gcs.split(",") if x]
         if gcs:
             url, server = start_emulator()
@@ -165,15 +244,16 @@ def main(argv: list[str] | None = None) -> int:
                 for n in gcs:
                     location = make_gcs(url, server, f"flat-{n}", n)
                     cases = {mode: probe(location, mode, gcs_env, args.repeats) for mode in MODES}
+                    cases["job"] = first_labelled(location, gcs_env, args.job_repeats)
                     results.setdefault("gcs", {})[n] = cases
             finally:
                 server.stop()
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min, at the end); code: {args.code}")
     print(
         "| store | objects | launch check s | first row s | launcher peak RSS MiB | all rows s | "
-        "expansion peak RSS MiB | counted at launch |"
+        "expansion peak RSS MiB | counted at launch | job: first labelled row s | job: launcher peak RSS MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for store, cases in results.items():
         report(store, cases)
     return 0

@@ -183,10 +183,14 @@ def test_dataflow_job_graph_builds_offline(tmp_path, tiny_model, labels_file, sh
     assert EXPECTED_STEPS <= top_level
     assert {f"LabelRows/{name}" for name in EXPECTED_LABELLING_STEPS} <= {t.unique_name for t in transforms}
     by_name = {t.unique_name: t for t in transforms}
-    spread = by_name.get("ExpandInputs/SpreadOverWorkers")
     reshuffle = common_urns.composites.RESHUFFLE.urn
-    assert spread is not None and spread.spec.urn == reshuffle, "listed rows are spread over the workers"
-    assert dict(spread.inputs) == dict(by_name["ExpandInputs/ListUris"].outputs), "right after the listing"
+    spread = {name: by_name.get(f"ExpandInputs/{name}") for name in ("ListPages/SpreadPrefixes", "SpreadPages")}
+    spread["SpreadOverWorkers"] = by_name.get("ExpandInputs/SpreadOverWorkers")
+    assert all(t is not None and t.spec.urn == reshuffle for t in spread.values()), "sub-prefixes, pages, rows"
+    listed = by_name["ExpandInputs/ListPages/AllPages"].outputs
+    assert dict(spread["SpreadPages"].inputs) == dict(listed), "pages are spread as they are listed"
+    rows = by_name["ExpandInputs/PageRows"].outputs
+    assert dict(spread["SpreadOverWorkers"].inputs) == dict(rows), "and the rows right after"
     # The DoFns were pickled into the job, and unpickle as the workers will.
     for name, dofn in [
         ("LabelRows/Decode/ParDo(DecodeImage)", DecodeImage),

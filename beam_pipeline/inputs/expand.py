@@ -21,6 +21,7 @@ from apache_beam.io.textio import ReadAllFromText
 from fsspec.core import split_protocol
 
 from beam_pipeline.inputs import manifests
+from beam_pipeline.inputs.fanout import ListInPages, page_rows
 from beam_pipeline.inputs.specs import InputSpec, image_uris, matching_files
 from beam_pipeline.records import MANIFEST_ERROR_KEY
 from beam_pipeline.worker import TALLY
@@ -31,9 +32,10 @@ class ExpandInputs(beam.PTransform):
 
     Without `spread` (one local worker) every input is streamed by one DoFn. With it, Parquet, .txt and .jsonl
     manifests on Beam's filesystems (gs, s3, local, ...) are read by Beam's splittable readers, so a
-    10-million-row manifest is read by many workers a byte range or row group each; folders, globs, CSV (quoted
-    fields may hold newlines, so it cannot be split by byte ranges) and fsspec-only stores are streamed by one
-    worker each. The rows are then reshuffled so that decoding spreads over every worker.
+    10-million-row manifest is read by many workers a byte range or row group each; folders and globs are listed
+    by sub-prefix on many workers, in pages of URIs that are reshuffled and turned into rows (`inputs/fanout.py`);
+    CSV (quoted fields may hold newlines, so it cannot be split by byte ranges) and manifests on fsspec-only stores
+    are streamed by one worker each. The rows are then reshuffled so that decoding spreads over every worker.
     """
 
     def __init__(self, specs: list[InputSpec], uri_column: str, carried: pa.Schema, *, spread: bool = True):
@@ -45,8 +47,17 @@ class ExpandInputs(beam.PTransform):
 
     def expand(self, pbegin):
         split = [s for s in self._specs if self._spread and splittable(s)]
-        streamed = [s for s in self._specs if s not in split]
+        listed = [s for s in self._specs if self._spread and s.manifest_format is None]
+        streamed = [s for s in self._specs if s not in split and s not in listed]
         parts = []
+        if listed:
+            parts.append(
+                pbegin
+                | "ImageSpecs" >> beam.Create(listed)
+                | "ListPages" >> ListInPages()
+                | "SpreadPages" >> beam.Reshuffle()
+                | "PageRows" >> beam.FlatMap(page_rows, carried=self._carried)
+            )
         if streamed:
             parts.append(
                 pbegin

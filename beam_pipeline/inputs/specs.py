@@ -10,6 +10,7 @@ there anything" reads one page, and memory does not grow with the number of obje
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -58,21 +59,49 @@ def _glob_root(path: str) -> str:
     return path[: min(path.index(c) for c in GLOB_CHARS if c in path)].rsplit("/", 1)[0] or "/"
 
 
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """What a folder or glob input lists: the files under `root` to `maxdepth` levels (None: every level) that
+    match `pattern` (a glob's regex), or that have an image suffix when there is no pattern."""
+
+    root: str
+    maxdepth: int | None = None
+    pattern: str | None = None
+
+    @classmethod
+    def of_glob(cls, path: str) -> Listing:
+        root = _glob_root(path)
+        depth = None if "**" in path else path[len(root) :].strip("/").count("/") + 1
+        return cls(root, depth, glob_translate(path))
+
+    def keeps(self, name: str) -> bool:
+        if self.pattern is not None:
+            return _compiled(self.pattern).match(name) is not None
+        return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+
+    def files(self, fs: fsspec.AbstractFileSystem) -> Iterator[list[str]]:
+        """The kept files, in pages (some may be empty), listed from the root in pages."""
+        for page in listing_pages(fs, self.root, maxdepth=self.maxdepth):
+            yield [name for name in page if self.keeps(name)]
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
+
+
 def lazy_glob(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
     """Files matching a glob, found by listing from its root folder in pages (fsspec's glob lists every match first)."""
-    pattern = re.compile(glob_translate(path))
-    root = _glob_root(path)
-    if not fs.isdir(root):
-        return
-    depth = None if "**" in path else path[len(root) :].strip("/").count("/") + 1
-    for page in listing_pages(fs, root, maxdepth=depth):
-        yield from (name for name in page if pattern.match(name))
+    listing = Listing.of_glob(path)
+    if fs.isdir(listing.root):
+        for page in listing.files(fs):
+            yield from page
 
 
 def walk_images(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
     """A folder's image files, recursively, by suffix."""
-    for page in listing_pages(fs, path):
-        yield from (name for name in page if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES)
+    for page in Listing(path).files(fs):
+        yield from page
 
 
 def listing_pages(fs: fsspec.AbstractFileSystem, path: str, *, maxdepth: int | None = None) -> Iterator[list[str]]:
@@ -125,7 +154,17 @@ def _gcs_files(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None) -
     cache them all). One level deep is listed with a delimiter; deeper, everything under the prefix, flat."""
     bucket, key, _ = fs.split_path(path)
     prefix = f"{key}/" if key else ""
-    delimiter = "/" if maxdepth == 1 else None
+    for page in _gcs_pages(fs, bucket, prefix, "/" if maxdepth == 1 else None):
+        for item in page.get("items", []):
+            name = item["name"]
+            relative = name[len(prefix) :]
+            if name.endswith("/") or (maxdepth is not None and relative.count("/") >= maxdepth):
+                continue  # a folder marker, or deeper than asked
+            yield f"{bucket}/{name}"
+
+
+def _gcs_pages(fs: fsspec.AbstractFileSystem, bucket: str, prefix: str, delimiter: str | None) -> Iterator[dict]:
+    """The JSON API's objects.list responses for a prefix, one page (at most PAGE_SIZE entries) at a time."""
     token = None
     while True:
         page = fsspec.asyn.sync(
@@ -137,21 +176,54 @@ def _gcs_files(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None) -
             maxResults=PAGE_SIZE,
             pageToken=token,
         )
-        for item in page.get("items", []):
-            name = item["name"]
-            relative = name[len(prefix) :]
-            if name.endswith("/") or (maxdepth is not None and relative.count("/") >= maxdepth):
-                continue  # a folder marker, or deeper than asked
-            yield f"{bucket}/{name}"
+        yield page
         token = page.get("nextPageToken")
         if not token:
             return
 
 
+def level_pages(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[tuple[list[str], list[str]]]:
+    """One level of a folder, in pages of at most PAGE_SIZE entries: (files, subfolders), named as listing_pages
+    names them. Local folders by os.scandir, GCS prefixes with a delimiter (sub-prefixes are the subfolders);
+    other stores by fsspec's walk of one level (which lists the folder whole)."""
+    folder = path.rstrip("/") or "/"
+    if "file" in fs.protocol or "local" in fs.protocol:
+        yield from _scandir_level(folder)
+    elif hasattr(fs, "_call_list_objects"):
+        bucket, key, _ = fs.split_path(folder)
+        prefix = f"{key}/" if key else ""
+        for page in _gcs_pages(fs, bucket, prefix, "/"):
+            files = [f"{bucket}/{item['name']}" for item in page.get("items", []) if not item["name"].endswith("/")]
+            yield sorted(files), sorted(f"{bucket}/{sub.rstrip('/')}" for sub in page.get("prefixes", []))
+    else:
+        for root, dirs, names in fs.walk(folder, maxdepth=1):
+            root = root.rstrip("/")
+            entries = [(f"{root}/{name}", False) for name in sorted(names)] + [(f"{root}/{d}", True) for d in dirs]
+            for start in range(0, len(entries), PAGE_SIZE):
+                chunk = entries[start : start + PAGE_SIZE]
+                yield [name for name, is_dir in chunk if not is_dir], [name for name, is_dir in chunk if is_dir]
+
+
+def _scandir_level(folder: str) -> Iterator[tuple[list[str], list[str]]]:
+    files: list[str] = []
+    folders: list[str] = []
+    try:
+        entries = os.scandir(folder)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return
+    with entries:
+        for entry in entries:
+            (folders if entry.is_dir() else files).append(entry.path)
+            if len(files) + len(folders) == PAGE_SIZE:
+                yield sorted(files), sorted(folders)
+                files, folders = [], []
+    if files or folders:
+        yield sorted(files), sorted(folders)
+
+
 def image_uris(spec: InputSpec) -> Iterator[str]:
     """A directory's image files (recursively, by suffix), a glob's matching files, or the one file named."""
     fs, path = fsspec.core.url_to_fs(spec.path)
-    protocol, _ = split_protocol(spec.path)
     if spec.is_glob:
         files = lazy_glob(fs, path)
     elif fs.isdir(path):
@@ -159,7 +231,20 @@ def image_uris(spec: InputSpec) -> Iterator[str]:
     else:
         files = iter([path])
     for name in files:
-        yield fs.unstrip_protocol(name) if protocol else name
+        yield as_uri(spec, fs, name)
+
+
+def listing_of(spec: InputSpec) -> tuple[fsspec.AbstractFileSystem, str, Listing | None]:
+    """The spec's filesystem, its path there, and what image_uris lists for it (None: the one file named)."""
+    fs, path = fsspec.core.url_to_fs(spec.path)
+    if spec.is_glob:
+        return fs, path, Listing.of_glob(path)
+    return fs, path, Listing(path) if fs.isdir(path) else None
+
+
+def as_uri(spec: InputSpec, fs: fsspec.AbstractFileSystem, name: str) -> str:
+    """A name the spec's filesystem listed, as the URI image_uris gives for it (with the spec's protocol, if any)."""
+    return fs.unstrip_protocol(name) if split_protocol(spec.path)[0] else name
 
 
 def matching_files(spec: InputSpec) -> list[str]:
