@@ -127,7 +127,7 @@ class SkipLabelled(beam.PTransform):
     """Rows -> (rows still to label, the rows left out as their earlier status (`ok` or `error`), shards matched).
 
     `location` is a folder or glob of earlier output, listed on a worker, or an EarlierTable; only rows of the
-    same model identity (records.model_identity of `model_id`) count.
+    same model identity (records.model_identity of `model_id`) count. `chunk_rows`: tonight's rows per chunk.
     """
 
     def __init__(
