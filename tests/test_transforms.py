@@ -36,7 +36,7 @@ from fake_job import (
 
 from beam_pipeline import errors
 from beam_pipeline.decode.dofn import FAILED_TAG, DecodeImage
-from beam_pipeline.inputs.incremental import EarlierTable, SkipLabelled, earlier_shards
+from beam_pipeline.inputs.incremental import EarlierTable, LeaveOutFinished, SkipLabelled, earlier_shards
 from beam_pipeline.output.finalize import RowStats, merge_stats, reconcile
 from beam_pipeline.records import (
     MANIFEST_ERROR_KEY,
@@ -350,6 +350,18 @@ def test_skip_labelled_reads_each_footer_once_for_a_night_of_many_chunks(tmp_pat
     counters = _counters(p.run())
     assert counters["skip_labelled_scans"] >= 3, "tonight spans several chunks"
     assert (counters["skip_labelled_indexes_built"], counters["skip_labelled_footers_read"]) == (1, len(shards))
+
+
+def test_skip_labelled_index_is_rebuilt_for_another_side_input(tmp_path):
+    """The index is kept for the side input it was built from: another list of shards builds another."""
+    first, second = tmp_path / "labels-00000-of-00002.parquet", tmp_path / "labels-00001-of-00002.parquet"
+    write_previous_output(first, [("a.png", MODEL.model_id, "ok")])
+    write_previous_output(second, [("b.png", MODEL.model_id, "ok")])
+    leave_out = LeaveOutFinished(MODEL.model_id, False)
+    rows = input_rows(["a.png", "b.png"])
+    side_inputs = ([str(first)], [str(first), str(second)], [str(first)])
+    kept = [[row["uri"] for row in leave_out.process(rows, shards) if isinstance(row, dict)] for shards in side_inputs]
+    assert kept == [["b.png"], [], ["b.png"]]
 
 
 def test_skip_labelled_plans_the_table_once_for_a_night_of_many_chunks(tmp_path):
