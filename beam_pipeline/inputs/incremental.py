@@ -220,6 +220,8 @@ def side_input_key(shards: list) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _Shard:
+    """What the index keeps of one shard: a few strings per row group."""
+
     path: str
     columns: tuple[str, ...]  # of EARLIER_SCHEMA, as the shard has them
     has_embedding: bool
@@ -349,7 +351,8 @@ def _range_holds(wanted: list[str], low: str | None, high: str | None) -> bool:
 
 def _matching_rows(shard: _Shard, groups: list[int], wanted: pa.Array, embeddings: bool = False) -> pa.Table:
     """The join columns (EARLIER_SCHEMA) of the rows of a shard's `groups` whose URI is in `wanted`; with
-    `embeddings`, no ok rows if the shard has no embedding column."""
+    `embeddings`, no ok rows if the shard has no embedding column. pyarrow reads the footer again to read them
+    (counted as skip_labelled_shards_read): keeping every shard's whole footer would cost kilobytes a shard."""
     batches = []
     with fsspec.open(shard.path, "rb") as f:
         for batch in pq.ParquetFile(f).iter_batches(row_groups=groups, columns=list(shard.columns)):
