@@ -235,7 +235,9 @@ OUTCOMES = {
 }
 
 
-def write_previous_output(path: Path, rows: list[tuple[str | None, str, str]], *, legacy: bool = False) -> None:
+def write_previous_output(
+    path: Path, rows: list[tuple[str | None, str, str]], *, legacy: bool = False, row_group_size: int | None = None
+) -> None:
     """An earlier run's shard of (uri, model, outcome name) rows, written with the job's own output schema; `legacy`
     writes it as runs did before the `error_kind` column existed."""
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -249,7 +251,7 @@ def write_previous_output(path: Path, rows: list[tuple[str | None, str, str]], *
         record = {"uri": uri, "status": status, "error_type": error_type, "error": error, "model": model}
         records.append({**record, "labelled_at": now, **({} if legacy else {"error_kind": error_kind})})
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(records, schema=schema), path)
+    pq.write_table(pa.Table.from_pylist(records, schema=schema), path, row_group_size=row_group_size)
 
 
 # --- LabelRows with a fake model ------------------------------------------------------------------------------------

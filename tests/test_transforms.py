@@ -9,6 +9,7 @@ from collections.abc import Callable
 import apache_beam as beam
 import numpy as np
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from apache_beam.transforms.window import FixedWindows, IntervalWindow, TimestampedValue
@@ -35,7 +36,7 @@ from fake_job import (
 
 from beam_pipeline import errors
 from beam_pipeline.decode.dofn import FAILED_TAG, DecodeImage
-from beam_pipeline.inputs.incremental import SkipLabelled, earlier_shards
+from beam_pipeline.inputs.incremental import EarlierTable, LeaveOutFinished, SkipLabelled, earlier_shards
 from beam_pipeline.output.finalize import RowStats, merge_stats, reconcile
 from beam_pipeline.records import (
     MANIFEST_ERROR_KEY,
@@ -305,6 +306,83 @@ def test_skip_labelled_with_no_earlier_output_keeps_every_row(tmp_path):
             tag_and_flatten({"kept": kept, "skipped": skipped, "matched": matched}),
             by_tag({"kept": equal_to(rows), "skipped": equal_to([]), "matched": equal_to([0])}),
         )
+
+
+SKIP_COUNTERS = ("skip_labelled_scans", "skip_labelled_indexes_built", "skip_labelled_footers_read")
+
+
+def _night_over_chunks(tmp_path) -> tuple[list[dict], list[dict], list[str], list[list[tuple[str, str, str]]]]:
+    """Tonight's 25 rows (3 chunks of at most 10), and 4 earlier shards: two that labelled 15 of its URIs (in row
+    groups of 4 rows), one of URIs far from tonight's, one of another model's."""
+    labelled = [f"a{i:02d}.png" for i in range(10)] + [f"b{i:02d}.png" for i in range(5)]
+    shards = [
+        [(uri, MODEL.model_id, "ok") for uri in labelled[:10]],
+        [(uri, MODEL.model_id, "ok") for uri in labelled[10:]] + [("b09.png", MODEL.model_id, "read timed out")],
+        [(f"z{i:02d}.png", MODEL.model_id, "ok") for i in range(8)],
+        [(f"n{i:02d}.png", OTHER_MODEL, "ok") for i in range(10)],
+    ]
+    rows = input_rows([*labelled, *(f"n{i:02d}.png" for i in range(9)), "b09.png"])
+    todo = [row for row in rows if row["uri"] not in labelled]
+    return rows, todo, ["ok"] * len(labelled), shards
+
+
+def _counters(result) -> dict[str, int]:
+    return {
+        name: sum(c.committed for c in result.metrics().query(MetricsFilter().with_name(name))["counters"])
+        for name in SKIP_COUNTERS
+    }
+
+
+def test_skip_labelled_reads_each_footer_once_for_a_night_of_many_chunks(tmp_path):
+    """The earlier shards' footers are read once per worker (an index of each row group's URI range), not once per
+    chunk of tonight's rows; chunks read only the row groups whose range holds one of their URIs."""
+    rows, todo, statuses, shards = _night_over_chunks(tmp_path)
+    for i, shard in enumerate(shards):
+        write_previous_output(tmp_path / "out" / f"dt={i}" / "labels-00000-of-00001.parquet", shard, row_group_size=4)
+    p = test_pipeline.TestPipeline()
+    kept, skipped, matched = (
+        p | beam.Create(rows) | SkipLabelled(str(tmp_path / "out"), MODEL.model_id, False, chunk_rows=10)
+    )
+    assert_that(
+        tag_and_flatten({"kept": kept, "skipped": skipped, "matched": matched}),
+        by_tag({"kept": equal_to(todo), "skipped": equal_to(statuses), "matched": equal_to([4])}),
+    )
+    counters = _counters(p.run())
+    assert counters["skip_labelled_scans"] >= 3, "tonight spans several chunks"
+    assert (counters["skip_labelled_indexes_built"], counters["skip_labelled_footers_read"]) == (1, len(shards))
+
+
+def test_skip_labelled_index_is_rebuilt_for_another_side_input(tmp_path):
+    """The index is kept for the side input it was built from: another list of shards builds another."""
+    first, second = tmp_path / "labels-00000-of-00002.parquet", tmp_path / "labels-00001-of-00002.parquet"
+    write_previous_output(first, [("a.png", MODEL.model_id, "ok")])
+    write_previous_output(second, [("b.png", MODEL.model_id, "ok")])
+    leave_out = LeaveOutFinished(MODEL.model_id, False)
+    rows = input_rows(["a.png", "b.png"])
+    side_inputs = ([str(first)], [str(first), str(second)], [str(first)])
+    kept = [[row["uri"] for row in leave_out.process(rows, shards) if isinstance(row, dict)] for shards in side_inputs]
+    assert kept == [["b.png"], [], ["b.png"]]
+
+
+def test_skip_labelled_plans_the_table_once_for_a_night_of_many_chunks(tmp_path):
+    """--skip-labelled naming the table: it is loaded and its files planned once per worker, whatever the chunks."""
+    from beam_pipeline.output.iceberg import IcebergTarget
+
+    rows, todo, statuses, shards = _night_over_chunks(tmp_path)
+    target = IcebergTarget("vision.labels", f"type=sql,uri=sqlite:///{tmp_path}/c.db,warehouse=file://{tmp_path}/w")
+    for i, shard in enumerate(shards):
+        path = tmp_path / "out" / f"dt={i}" / "labels-00000-of-00001.parquet"
+        write_previous_output(path, shard, row_group_size=4)
+        snapshot = target.commit([str(path)], output_schema(), f"run-{i}")
+    p = test_pipeline.TestPipeline()
+    earlier = EarlierTable(target, snapshot, len(shards))
+    kept, skipped, matched = p | beam.Create(rows) | SkipLabelled(earlier, MODEL.model_id, False, chunk_rows=10)
+    assert_that(
+        tag_and_flatten({"kept": kept, "skipped": skipped, "matched": matched}),
+        by_tag({"kept": equal_to(todo), "skipped": equal_to(statuses), "matched": equal_to([4])}),
+    )
+    counters = _counters(p.run())
+    assert counters["skip_labelled_scans"] >= 3 and counters["skip_labelled_indexes_built"] == 1
 
 
 # --- RowStats, merge_stats and reconcile ----------------------------------------------------------------------------
