@@ -231,3 +231,61 @@ def test_a_gcs_prefix_is_listed_by_sub_prefix_and_every_object_comes_once(tmp_pa
         assert collections.Counter(uri.removeprefix(spec) for uri in found) == _walked(root), prefix
     # The flat prefix came in 3 pages (twice: the launch check reads its first), the nested one level by level.
     assert served["continued"] >= 2 and served["delimited"] > SUBFOLDERS, served
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch) -> Iterator[tuple[object, dict[str, str]]]:
+    """An empty bucket on moto's S3 server (127.0.0.1); yields a boto3 client and the environment that points
+    s3fs at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"])
+    s3.create_bucket(Bucket=BUCKET)
+    try:
+        yield s3, env
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow  # 3,500 objects put into moto, and a Beam pipeline in a subprocess per prefix
+def test_an_s3_prefix_is_listed_in_pages_by_sub_prefix_and_every_object_comes_once(tmp_path, s3_bucket):
+    import fsspec
+
+    from beam_pipeline.inputs.specs import listing_pages
+
+    s3, env = s3_bucket
+    trees = {"nested": _nested(tmp_path / "nested"), "flat": _flat(tmp_path / "flat")}
+    for prefix, root in trees.items():
+        for path in root.rglob("*"):
+            if path.is_file():
+                s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{path.relative_to(root)}", Body=b"x")
+    # ListObjectsV2 a page at a time, not s3fs's listing (which fetches every page and caches them all).
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    pages = list(listing_pages(fs, f"{BUCKET}/flat"))
+    assert len(pages) == 3 and all(len(page) <= PAGE_SIZE for page in pages) and not fs.dircache
+    for prefix, root in trees.items():
+        out = tmp_path / f"{prefix}.json"
+        spec = f"s3://{BUCKET}/{prefix}/"
+        run = subprocess.run(
+            [sys.executable, "-c", EXPAND_ON_WORKERS, spec, str(out)],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        found = json.loads(out.read_text())
+        assert collections.Counter(uri.removeprefix(spec) for uri in found) == _walked(root), prefix

@@ -3,8 +3,8 @@ manifest glob's files.
 
 fsspec's own `glob` and `walk` list each folder whole (gcsfs and s3fs keep every listing in their cache), so a
 flat prefix of a million objects is a million entries in memory before the first is seen. These list in pages
-(`listing_pages`: os.scandir on local disks, the JSON API's pages on GCS) and yield as they go: a check for "is
-there anything" reads one page, and memory does not grow with the number of objects.
+(`listing_pages`: os.scandir on local disks, the JSON API's pages on GCS, ListObjectsV2's on S3) and yield as they
+go: a check for "is there anything" reads one page, and memory does not grow with the number of objects.
 """
 
 from __future__ import annotations
@@ -107,13 +107,13 @@ def walk_images(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
 def listing_pages(fs: fsspec.AbstractFileSystem, path: str, *, maxdepth: int | None = None) -> Iterator[list[str]]:
     """The files under a folder (to `maxdepth` levels), in pages of at most PAGE_SIZE sorted names.
 
-    Local folders are read with os.scandir and GCS prefixes a JSON API page at a time (gcsfs's single-page call),
-    so memory holds one page; other stores fall back to fsspec's walk, a folder at a time.
+    Local folders are read with os.scandir, GCS and S3 prefixes a page of the store's listing API at a time, so
+    memory holds one page; other stores fall back to fsspec's walk, a folder at a time.
     """
     if "file" in fs.protocol or "local" in fs.protocol:
         yield from _pages(_scandir_files(path.rstrip("/") or "/", maxdepth))
-    elif hasattr(fs, "_call_list_objects"):
-        yield from _pages(_gcs_files(fs, path.rstrip("/"), maxdepth))
+    elif _lists_in_pages(fs):
+        yield from _pages(_object_files(fs, path.rstrip("/"), maxdepth))
     else:
         for root, _, names in fs.walk(path, maxdepth=maxdepth):
             for start in range(0, len(names), PAGE_SIZE):
@@ -149,18 +149,51 @@ def _scandir_files(folder: str, maxdepth: int | None) -> Iterator[str]:
                     yield entry.path
 
 
-def _gcs_files(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None) -> Iterator[str]:
-    """Objects under a GCS prefix, a page of the JSON API at a time (gcsfs's own listings fetch every page and
+def _lists_in_pages(fs: fsspec.AbstractFileSystem) -> bool:
+    """GCS (gcsfs) or S3 (s3fs, without object versions): stores whose listing API this module pages itself."""
+    return hasattr(fs, "_call_list_objects") or (hasattr(fs, "_list_pages") and not getattr(fs, "version_aware", True))
+
+
+def _object_files(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None) -> Iterator[str]:
+    """Objects under a GCS or S3 prefix, a page at a time (gcsfs's and s3fs's own listings fetch every page and
     cache them all). One level deep is listed with a delimiter; deeper, everything under the prefix, flat."""
     bucket, key, _ = fs.split_path(path)
     prefix = f"{key}/" if key else ""
-    for page in _gcs_pages(fs, bucket, prefix, "/" if maxdepth == 1 else None):
-        for item in page.get("items", []):
-            name = item["name"]
+    for names, _ in _object_pages(fs, bucket, prefix, "/" if maxdepth == 1 else None):
+        for name in names:
             relative = name[len(prefix) :]
             if name.endswith("/") or (maxdepth is not None and relative.count("/") >= maxdepth):
                 continue  # a folder marker, or deeper than asked
             yield f"{bucket}/{name}"
+
+
+def _object_pages(
+    fs: fsspec.AbstractFileSystem, bucket: str, prefix: str, delimiter: str | None
+) -> Iterator[tuple[list[str], list[str]]]:
+    """(object names, sub-prefixes) under a GCS or S3 prefix, one page of the listing API at a time."""
+    if hasattr(fs, "_call_list_objects"):
+        for page in _gcs_pages(fs, bucket, prefix, delimiter):
+            yield [item["name"] for item in page.get("items", [])], page.get("prefixes", [])
+    else:
+        for page in _s3_pages(fs, bucket, prefix, delimiter):
+            yield (
+                [item["Key"] for item in page.get("Contents", [])],
+                [sub["Prefix"] for sub in page.get("CommonPrefixes", [])],
+            )
+
+
+def _s3_pages(fs: fsspec.AbstractFileSystem, bucket: str, prefix: str, delimiter: str | None) -> Iterator[dict]:
+    """S3's ListObjectsV2 responses for a prefix, one page (at most PAGE_SIZE keys) at a time: s3fs's own
+    `_list_pages` (which retries each page as any request), pulled a page at a time from fsspec's loop."""
+    kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": PAGE_SIZE, **fs.req_kw}
+    if delimiter:
+        kwargs["Delimiter"] = delimiter
+    pages = fs._list_pages("list_objects_v2", **kwargs)
+    while True:
+        try:
+            yield fsspec.asyn.sync(fs.loop, pages.__anext__)
+        except StopAsyncIteration:
+            return
 
 
 def _gcs_pages(fs: fsspec.AbstractFileSystem, bucket: str, prefix: str, delimiter: str | None) -> Iterator[dict]:
@@ -184,17 +217,17 @@ def _gcs_pages(fs: fsspec.AbstractFileSystem, bucket: str, prefix: str, delimite
 
 def level_pages(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[tuple[list[str], list[str]]]:
     """One level of a folder, in pages of at most PAGE_SIZE entries: (files, subfolders), named as listing_pages
-    names them. Local folders by os.scandir, GCS prefixes with a delimiter (sub-prefixes are the subfolders);
-    other stores by fsspec's walk of one level (which lists the folder whole)."""
+    names them. Local folders by os.scandir, GCS and S3 prefixes with a delimiter (sub-prefixes are the
+    subfolders); other stores by fsspec's walk of one level (which lists the folder whole)."""
     folder = path.rstrip("/") or "/"
     if "file" in fs.protocol or "local" in fs.protocol:
         yield from _scandir_level(folder)
-    elif hasattr(fs, "_call_list_objects"):
+    elif _lists_in_pages(fs):
         bucket, key, _ = fs.split_path(folder)
         prefix = f"{key}/" if key else ""
-        for page in _gcs_pages(fs, bucket, prefix, "/"):
-            files = [f"{bucket}/{item['name']}" for item in page.get("items", []) if not item["name"].endswith("/")]
-            yield sorted(files), sorted(f"{bucket}/{sub.rstrip('/')}" for sub in page.get("prefixes", []))
+        for names, subs in _object_pages(fs, bucket, prefix, "/"):
+            files = [f"{bucket}/{name}" for name in names if not name.endswith("/")]
+            yield sorted(files), sorted(f"{bucket}/{sub.rstrip('/')}" for sub in subs)
     else:
         for root, dirs, names in fs.walk(folder, maxdepth=1):
             root = root.rstrip("/")
