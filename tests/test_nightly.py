@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from conftest import label
 from images import jpeg_bytes, photo
 
@@ -125,3 +126,47 @@ def test_skip_labelled_names_the_iceberg_table(tmp_path, shared, tiny_model, lab
     assert (success["rows_in"], success["rows_skipped"], success["rows_skipped_failed"]) == (9, 6, 1)
     first = json.loads((tmp_path / "a" / "_SUCCESS").read_text())
     assert success["earlier_shards_matched"] == len(first["shards"])
+
+
+@pytest.mark.slow
+def test_a_table_the_job_creates_keeps_few_manifests_and_its_commits_do_not_replay_history(tmp_path, monkeypatch):
+    """Years of nights, shortened: 30 commits through the job's own commit into a table it created (its owner has
+    set the merge threshold to 10 manifests, from 100). The current snapshot names a few merged manifests, not one
+    per night, and each commit builds the table metadata a few times, not once per read of its transaction
+    (pyiceberg's own deep-copies every snapshot, 19 times a commit)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pyiceberg.table.update
+
+    from beam_pipeline.output.iceberg import IcebergTarget
+    from beam_pipeline.records import output_schema
+
+    catalog = f"type=sql,uri=sqlite:///{tmp_path}/catalog.db,warehouse=file://{tmp_path}/warehouse"
+    target = IcebergTarget("vision.labels", catalog)
+    builds = []
+    real_update = pyiceberg.table.update.update_table_metadata
+
+    def counted_update(*args, **kwargs):
+        builds.append(1)
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(pyiceberg.table.update, "update_table_metadata", counted_update)
+    row = {"uri": "", "status": "ok", "width": 1, "height": 1, "label": "x", "score": 0.5, "top_k": [], "model": "m"}
+    builds_per_commit = []
+    for night in range(30):
+        if night == 1:
+            with target.load_catalog().load_table("vision.labels").transaction() as transaction:
+                transaction.set_properties({"commit.manifest.min-count-to-merge": "10"})
+        shard = tmp_path / f"dt={night:03d}" / "labels-00000-of-00001.parquet"
+        shard.parent.mkdir()
+        rows = [{**row, "uri": f"gs://b/{night:03d}/{i}.jpg"} for i in range(3)]
+        pq.write_table(pa.Table.from_pylist(rows, schema=output_schema()), shard)
+        builds.clear()
+        target.commit([str(shard)], output_schema(), run_id=f"night-{night:03d}")
+        builds_per_commit.append(len(builds))
+
+    table = target.load_catalog().load_table("vision.labels")
+    assert len(table.snapshots()) == 30
+    assert table.scan().to_arrow().num_rows == 90
+    assert len(table.current_snapshot().manifests(table.io)) <= 10
+    assert max(builds_per_commit) <= 6, builds_per_commit

@@ -5,6 +5,10 @@ created from the output schema on first use and gains new manifest columns by na
 so a final step that runs again after a retry finds its snapshot and adds nothing twice. A commit that conflicts with
 another writer's (pyiceberg's CommitFailedException) is retried on the refreshed table, after looking for the run's
 snapshot again, as often as the table's `commit.retry.*` properties say. Needs the `iceberg` extra (pyiceberg).
+
+A nightly table gains a snapshot a night, for years. Tables the job creates merge manifests (`TABLE_PROPERTIES`), so
+planning the current snapshot reads a few manifests, not one per night; and the commit's transaction builds its
+metadata once per change, not once per read (`_Transaction`), so a night's commit does not grow with the history.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import pyarrow as pa
 from fsspec.core import split_protocol
 
 RUN_ID_PROPERTY = "beam-image-labeller.run-id"
+# Java Iceberg's default for appends; pyiceberg's is off, which leaves one manifest per commit in every later snapshot.
+TABLE_PROPERTIES = {"commit.manifest-merge.enabled": "true"}
 
 
 class IcebergError(Exception):
@@ -75,7 +81,7 @@ class IcebergTarget:
         try:
             table = catalog.load_table(self.table)
         except NoSuchTableError:  # first use (create_table_if_not_exists alone would write a metadata file each time)
-            table = catalog.create_table_if_not_exists(self.table, schema=schema)
+            table = catalog.create_table_if_not_exists(self.table, schema=schema, properties=TABLE_PROPERTIES)
         retries, wait_ms, max_wait_ms = _retry_settings(table)
         attempt = 0
         while (committed := _snapshot_of_run(table, run_id)) is None:
@@ -119,10 +125,37 @@ def _append(table, files: list[str], schema: pa.Schema, run_id: str) -> None:
 
     properties = {**table.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
     table.metadata = table.metadata.model_copy(update={"properties": properties})
-    with table.transaction() as transaction:
+    with _transaction(table) as transaction:
         with transaction.update_schema() as update:
             update.union_by_name(schema)
         transaction.add_files(files, snapshot_properties={RUN_ID_PROPERTY: run_id})
+
+
+def _transaction(table):
+    """pyiceberg's Transaction, with its metadata built once per staged change instead of once per read.
+
+    Its `table_metadata` property replays the staged updates and deep-copies the result, snapshot list included, on
+    every read, and `add_files` reads it about 19 times (apache/iceberg-python#2673; the fix, #3784, is not in a
+    release). Measured on a SQLite catalog: a commit at 400 snapshots took 0.38 s, 0.10 s with this, and the cost
+    grows with every snapshot. The cache holds while the table's metadata and the staged updates are the same
+    objects: pyiceberg replaces both (frozen models, tuples), never changes them in place.
+    """
+    from pyiceberg.table import Transaction
+    from pyiceberg.table.update import update_table_metadata
+
+    class CachedTransaction(Transaction):
+        _built: tuple = (None, None, None)
+
+        @property
+        def table_metadata(self):
+            base, updates, built = self._built
+            if base is not self._table.metadata or updates is not self._updates:
+                base, updates = self._table.metadata, self._updates
+                built = update_table_metadata(base, updates)
+                self._built = (base, updates, built)
+            return built
+
+    return CachedTransaction(table)
 
 
 def _retry_settings(table) -> tuple[int, int, int]:
