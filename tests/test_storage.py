@@ -4,6 +4,7 @@ many failures exits non-zero."""
 from __future__ import annotations
 
 import collections
+import os
 import socket
 
 import fsspec
@@ -185,3 +186,29 @@ def test_file_is_not_read_on_remote_workers_unless_named():
 
     assert "file" in default_schemes(local=True)
     assert "file" not in default_schemes(local=False) and "gs" in default_schemes(local=False)
+
+
+@pytest.mark.parametrize("size, too_large", [(999, False), (1000, False), (1001, True)])
+def test_a_local_file_is_read_whole_up_to_max_bytes(tmp_path, size, too_large):
+    path = tmp_path / "image.jpg"
+    path.write_bytes(b"x" * size)
+    policy = reading.ReadPolicy(max_bytes=1000, allowed_schemes=("file",))
+    if too_large:
+        with pytest.raises(errors.ImageInputError, match="over --max-bytes"):
+            reading.read_image_bytes(str(path), policy)
+    else:
+        assert reading.read_image_bytes(str(path), policy) == b"x" * size
+
+
+def test_a_local_file_that_reports_no_size_is_read_up_to_the_limit():
+    read_end, write_end = os.pipe()  # a pipe's st_size is 0, as /proc files' are
+    os.write(write_end, b"y" * 3000)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        assert os.fstat(f.fileno()).st_size == 0
+        assert reading._read_local(f, 5000) == b"y" * 3000
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"y" * 3000)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        assert len(reading._read_local(f, 1000)) == 1001, "one byte past the limit, so the caller refuses it"
