@@ -21,7 +21,8 @@ from test_cloud_storage import BUCKET, _free_port
 from test_expansion import _expand
 
 from beam_pipeline.inputs import checks, fanout
-from beam_pipeline.inputs.specs import IMAGE_SUFFIXES, PAGE_SIZE, InputSpec
+from beam_pipeline.inputs.specs import IMAGE_SUFFIXES, InputSpec
+from beam_pipeline.listing import PAGE_SIZE
 
 SUBFOLDERS = 12
 FLAT = 2 * PAGE_SIZE + 500
@@ -265,7 +266,7 @@ def s3_bucket(monkeypatch) -> Iterator[tuple[object, dict[str, str]]]:
 def test_an_s3_prefix_is_listed_in_pages_by_sub_prefix_and_every_object_comes_once(tmp_path, s3_bucket):
     import fsspec
 
-    from beam_pipeline.inputs.specs import listing_pages
+    from beam_pipeline.listing import listing_pages
 
     s3, env = s3_bucket
     trees = {"nested": _nested(tmp_path / "nested"), "flat": _flat(tmp_path / "flat")}

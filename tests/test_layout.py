@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "beam_pipeline"
 # Who may import whom, by layer: the launcher builds on the pipeline, the pipeline on its stages, the stages on the
 # shared modules (which may import each other). A stage never imports another stage, nor anything above it. The
 # report reads what the job wrote, with the job's own flag parsers and limits (launch.options).
-SHARED = {"errors", "records", "layout", "worker", "imports"}
+SHARED = {"errors", "records", "layout", "listing", "worker", "imports"}
 STAGES = {"inputs", "decode", "model", "output"}
 LAYER = {**dict.fromkeys(SHARED, 0), **dict.fromkeys(STAGES, 1), "pipeline": 2, "launch": 3, "report": 4}
 
@@ -86,7 +86,7 @@ def test_a_folder_per_stage_and_few_top_level_modules():
     folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert STAGES | {"launch", "report"} <= folders
     top_level = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert len(top_level) <= 8, top_level
+    assert len(top_level) <= 9, top_level
 
 
 def test_no_source_file_over_24_kb():

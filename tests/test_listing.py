@@ -13,8 +13,10 @@ import fsspec
 import pyarrow as pa
 import pytest
 
+from beam_pipeline import listing
 from beam_pipeline.inputs import checks, expand, specs
-from beam_pipeline.inputs.specs import PAGE_SIZE, InputSpec
+from beam_pipeline.inputs.specs import InputSpec
+from beam_pipeline.listing import PAGE_SIZE
 
 
 def _flat_folder(folder: Path, n: int, suffix: str = ".jpg") -> Path:
@@ -28,14 +30,14 @@ def _flat_folder(folder: Path, n: int, suffix: str = ".jpg") -> Path:
 def listed(monkeypatch) -> collections.Counter:
     """Counts the directory entries the local lister hands out (each one a name listed)."""
     counts: collections.Counter = collections.Counter()
-    original = specs._scandir_files
+    original = listing._scandir_files
 
     def counting(folder: str, maxdepth: int | None):
         for name in original(folder, maxdepth):
             counts["names"] += 1
             yield name
 
-    monkeypatch.setattr(specs, "_scandir_files", counting)
+    monkeypatch.setattr(listing, "_scandir_files", counting)
     return counts
 
 
@@ -44,12 +46,12 @@ def test_pages_hold_every_file_once_to_the_depth_asked(tmp_path):
     _flat_folder(tmp_path / "a" / "b", 5, ".png")
     (tmp_path / "a" / "notes.txt").write_text("x")
     fs = fsspec.filesystem("file")
-    pages = list(specs.listing_pages(fs, str(tmp_path / "a")))
+    pages = list(listing.listing_pages(fs, str(tmp_path / "a")))
     names = [name for page in pages for name in page]
     assert all(len(page) <= PAGE_SIZE for page in pages) and len(pages) == 3
     expected = {str(p) for p in (tmp_path / "a").rglob("*") if p.is_file()}
     assert len(names) == len(set(names)) and set(names) == expected
-    top = {name for page in specs.listing_pages(fs, str(tmp_path / "a"), maxdepth=1) for name in page}
+    top = {name for page in listing.listing_pages(fs, str(tmp_path / "a"), maxdepth=1) for name in page}
     assert top == {str(p) for p in (tmp_path / "a").iterdir() if p.is_file()}
     globbed = set(specs.lazy_glob(fs, f"{tmp_path}/a/*/*.png"))
     assert globbed == {str(p) for p in (tmp_path / "a" / "b").glob("*.png")}

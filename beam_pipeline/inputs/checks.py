@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 from beam_pipeline.inputs import manifests
 from beam_pipeline.inputs.specs import (
     IMAGE_SUFFIXES,
-    PAGE_SIZE,
     InputError,
     InputSpec,
     image_uris,
@@ -21,6 +20,7 @@ from beam_pipeline.inputs.specs import (
     matching_files,
     walk_images,
 )
+from beam_pipeline.listing import PAGE_SIZE
 from beam_pipeline.records import RESERVED_NAMES
 
 # Files of a local folder counted at launch for the progress line: one listing page, so that the launch of a run over

@@ -1,6 +1,6 @@
 """Folders and globs expanded by many workers: the listing split by sub-prefix, emitted in pages of URIs.
 
-The worker that takes a spec lists its root's own level (`specs.level_pages`: a folder's files and subfolders, in
+The worker that takes a spec lists its root's own level (`listing.level_pages`: a folder's files and subfolders, in
 pages), emitting the kept files as pages of URIs and each subfolder (a GCS delimiter prefix) as a `Prefix` element.
 The Prefixes are reshuffled, so that whichever worker gets one lists it: for LEVELS tiers one level at a time (its
 files, then its subfolders as Prefixes again), and below that whole (`Listing.files`, in pages). Each file is listed
@@ -18,7 +18,8 @@ import fsspec
 import pyarrow as pa
 from apache_beam.pvalue import TaggedOutput
 
-from beam_pipeline.inputs.specs import InputSpec, Listing, as_uri, level_pages, listing_of
+from beam_pipeline.inputs.specs import InputSpec, Listing, as_uri, listing_of
+from beam_pipeline.listing import level_pages
 
 LEVELS = 2  # levels of folders listed one level at a time (the root's, then its sub-prefixes'), before the rest
 # are listed whole, a sub-prefix each

@@ -22,7 +22,6 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.layout import (
-    SHARD_SUFFIX,
     STAGING_FOLDER,
     folder_of,
     is_shard_of,
@@ -30,6 +29,7 @@ from beam_pipeline.layout import (
     staging_folder,
     success_path,
 )
+from beam_pipeline.listing import folder_entries
 
 
 class PublishError(Exception):
@@ -38,9 +38,7 @@ class PublishError(Exception):
 
 def final_shards(prefix: str) -> list[str]:
     """The final shards at a prefix."""
-    pattern = f"{prefix}-*-of-*{SHARD_SUFFIX}"
-    matches = (m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
-    return sorted(path for path in matches if is_shard_of(path, prefix))
+    return sorted(path for path in folder_entries(folder_of(prefix))[0] if is_shard_of(path, prefix))
 
 
 def other_prefixes(prefix: str) -> list[str]:
@@ -50,8 +48,7 @@ def other_prefixes(prefix: str) -> list[str]:
     its name can differ from PREFIX's (a run that spelt the folder `n/`, `./n/` or `/abs/n/` wrote the same one).
     """
     folder, name = FileSystems.split(prefix)
-    pattern = FileSystems.join(folder, f"*-*-of-*{SHARD_SUFFIX}")
-    names = {FileSystems.split(m.path)[1] for r in FileSystems.match([pattern]) for m in r.metadata_list}
+    names = {FileSystems.split(path)[1] for path in folder_entries(folder)[0]}
     found = {shard_prefix(n) for n in names} - {name, None}
     success = read_success(prefix)
     if success and success.get("output_prefix"):
@@ -66,8 +63,7 @@ def existing(paths: Iterable[str]) -> set[str]:
         by_folder.setdefault(FileSystems.split(path)[0], set()).add(path)
     found = set()
     for folder, wanted in by_folder.items():
-        listed = {m.path for r in FileSystems.match([FileSystems.join(folder, "*")]) for m in r.metadata_list}
-        found |= wanted & listed
+        found |= wanted & set(folder_entries(folder)[0])
     return found
 
 
@@ -117,14 +113,13 @@ def remove_staging(prefix: str, run_id: str) -> None:
 
 
 def _staging_folders(folder: str) -> set[str]:
-    """The staging folders beside the output, found through their files (object stores have no folders)."""
-    files = FileSystems.match([FileSystems.join(folder, f"{STAGING_FOLDER}*", "*")])[0].metadata_list
-    return {FileSystems.split(m.path)[0] for m in files}
+    """The staging folders beside the output (on object stores, the prefixes that hold their files)."""
+    return {path for path in folder_entries(folder)[1] if FileSystems.split(path)[1].startswith(STAGING_FOLDER)}
 
 
 def _delete_folder(path: str) -> None:
     """Deletes a (flat) folder's files, then the folder itself where the filesystem has folders."""
-    _delete([m.path for m in FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list])
+    _delete(folder_entries(path)[0])
     if FileSystems.exists(path):
         _delete([path])
 
