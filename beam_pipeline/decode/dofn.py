@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import queue
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -81,11 +82,19 @@ class DecodeImage(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._in_flight = {}
+        self._finished: queue.SimpleQueue[Future] = queue.SimpleQueue()  # made per bundle: a queue does not pickle
 
     def process(self, row: dict, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam) -> Iterator:
-        self._in_flight[self._start(row)] = (timestamp, window)
+        future = self._start(row)
+        self._in_flight[future] = (timestamp, window)
+        # Each row's future reports itself to this bundle's queue when it is done: waiting for the first of N
+        # futures with concurrent.futures.wait locks and unlocks all N each time (~170 us of the bundle's thread per
+        # row at 136 in flight, under the GIL the decode threads need).
+        future.add_done_callback(self._finished.put)
         if len(self._in_flight) >= self._max_in_flight:
-            done, _ = wait(self._in_flight, return_when=FIRST_COMPLETED)
+            done = [self._finished.get()]
+            while not self._finished.empty():
+                done.append(self._finished.get_nowait())
             yield from self._emit(done)
 
     def finish_bundle(self) -> Iterator:
