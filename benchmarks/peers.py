@@ -11,12 +11,14 @@ Per corpus (`web`: 500x375 photos, ~0.2 MP; `camera`: 0.2-12 MP, benchmarks/corp
 measures, each command's whole wall time from a fresh process, in an order that rotates from one repeat to the next:
 
 - `job`: the default command, `python -m beam_pipeline --input CORPUS --output OUT --model M --labels L`, and the same
-  on one image of the corpus (its start-up), so that its steady rate is (N-1) / (wall - start-up);
+  on one image of the corpus (its start-up, the median of 3 runs), so that its steady rate is (N-1) / (wall - start-up);
 - `job --precision bf16`, where the CPU has bf16 instructions (its top-1 agreement with `job` is printed);
 - `tf.data`: benchmarks/tfdata_peer.py, what a user would write instead;
 - with --baseline DIR: `before` and `before --backend openvino`, the same commands run from that checkout;
 - the limit: the default runtime's model alone on pre-decoded batches (a) and the job's decode alone (b) on this
   process's threads (stages.py), 1 / (1/a + 1/b): the best the two stages can do sharing the cores;
+- without Beam (e): the same decode and model run together as the job runs them, in this process (stages.py): the
+  ceiling of the job's steady rate on these cores, and so how much of the gap to the limit is Beam's;
 
 and the default command (and the baseline's) on the 5 photos of ../shared/images/photos. It prints median [min-max]
 over the repeats of each figure and of the ratios taken within one repeat, job / tf.data (wall) and the job's steady
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable
@@ -37,7 +40,14 @@ from typing import Any
 from corpus import CORPUS_VERSION, build_corpus, corpus_files, describe_corpus, shared_dir
 from figures import agreement, environment, fmt, limit, spread
 from measure import run_measured
-from stages import ModelBench, job_defaults, measure_decode, measure_end_to_end, subprocess_env
+from stages import (
+    ModelBench,
+    job_defaults,
+    measure_decode,
+    measure_end_to_end,
+    measure_without_beam,
+    subprocess_env,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TFDATA_PEER = Path(__file__).resolve().with_name("tfdata_peer.py")
@@ -117,14 +127,17 @@ def measure_corpus(kind: str, args: argparse.Namespace, runners: dict[str, Runne
         for name in rotated(list(runners), r):
             run = figures[name] = runners[name](corpus, args.n)
             print(f"{tag} {name:<26} wall {run['wall_s']:6.1f} s  CPU {run['cpu_s']:6.1f} s", flush=True)
-        startup = measure_end_to_end(files[0], 1, args.model, args.labels, [])
-        figures["startup_s"] = startup["wall_s"]
+        # The median of 3 one-image runs: a single one moved by up to 1 s here, which moved the steady rate by 20%.
+        startups = [measure_end_to_end(files[0], 1, args.model, args.labels, [])["wall_s"] for _ in range(3)]
+        figures["startup_s"] = statistics.median(startups)
         figures["model_images_per_s"] = bench.run(args.n)["images_per_s"]
         figures["decode_images_per_s"] = measure_decode(files, bench.classifier.input_size, defaults)["images_per_s"]
+        figures["without_beam_images_per_s"] = measure_without_beam(bench.classifier, files, defaults)["images_per_s"]
         _ratios(figures, args.n)
         print(
-            f"{tag} start-up {startup['wall_s']:.1f} s, model {figures['model_images_per_s']:.0f}, decode "
-            f"{figures['decode_images_per_s']:.0f}, limit {figures['limit_images_per_s']:.0f}, job steady "
+            f"{tag} start-up {figures['startup_s']:.1f} s, model {figures['model_images_per_s']:.0f}, decode "
+            f"{figures['decode_images_per_s']:.0f}, limit {figures['limit_images_per_s']:.0f}, without Beam "
+            f"{figures['without_beam_images_per_s']:.0f}, job steady "
             f"{figures['steady_images_per_s']:.0f} images/s; load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
@@ -149,6 +162,8 @@ def _ratios(figures: dict[str, Any], n: int) -> None:
     figures["limit_images_per_s"] = limit(figures["model_images_per_s"], figures["decode_images_per_s"])
     figures["steady_images_per_s"] = (n - 1) / (job["wall_s"] - figures["startup_s"])
     figures["steady_over_limit"] = figures["steady_images_per_s"] / figures["limit_images_per_s"]
+    figures["without_beam_over_limit"] = figures["without_beam_images_per_s"] / figures["limit_images_per_s"]
+    figures["steady_over_without_beam"] = figures["steady_images_per_s"] / figures["without_beam_images_per_s"]
     printed = job.get("job_printed_images_per_s")
     figures["printed_over_limit"] = printed / figures["limit_images_per_s"] if printed else None
 
@@ -158,7 +173,8 @@ def summarise(repeats: list[dict[str, Any]], names: list[str]) -> dict[str, Any]
     keys = ("wall_s", "cpu_s", "peak_rss_mib", "wall_over_tfdata", "cpu_over_tfdata", "top1_agreement_with_job")
     per_command = {name: {k: spread(f[name].get(k) for f in repeats) for k in keys} for name in names}
     scalars = ("startup_s", "model_images_per_s", "decode_images_per_s", "limit_images_per_s", "steady_images_per_s")
-    scalars += ("steady_over_limit", "printed_over_limit")
+    scalars += ("steady_over_limit", "printed_over_limit", "without_beam_images_per_s", "without_beam_over_limit")
+    scalars += ("steady_over_without_beam",)
     return {"commands": per_command, **{k: spread(f[k] for f in repeats) for k in scalars}}
 
 
@@ -176,6 +192,10 @@ def print_corpus(kind: str, args: argparse.Namespace, summary: dict[str, Any], n
     print(f"  (a) model alone ({backend}, batch {batch}) {fmt(summary['model_images_per_s'])} images/s")
     print(f"  (b) decode alone ({os.cpu_count()} threads) {fmt(summary['decode_images_per_s'])} images/s")
     print(f"  limit 1/(1/a + 1/b) {fmt(summary['limit_images_per_s'])} images/s")
+    print(
+        f"  (e) decode and model together without Beam {fmt(summary['without_beam_images_per_s'])} images/s, ", end=""
+    )
+    print(f"{fmt(summary['without_beam_over_limit'], 2)} of the limit")
     print(f"  job start-up (1 image) {fmt(summary['startup_s'], 2)} s, steady (N-1)/(wall - start-up) ", end="")
     print(f"{fmt(summary['steady_images_per_s'])} images/s")
     wall = summary["commands"][JOB]["wall_over_tfdata"]["median"]
@@ -186,6 +206,7 @@ def print_corpus(kind: str, args: argparse.Namespace, summary: dict[str, Any], n
     print(f"  job / limit (steady) {fmt(summary['steady_over_limit'], 2)}", end="")
     print(f": target >= {STEADY_OVER_LIMIT_TARGET}: {'yes' if steady >= STEADY_OVER_LIMIT_TARGET else 'NO'}", end="")
     print(f"; with the rate the job prints: {fmt(summary['printed_over_limit'], 2)}")
+    print(f"  job / without Beam (steady) {fmt(summary['steady_over_without_beam'], 2)}")
 
 
 def measure_photos(args: argparse.Namespace) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 (a) ModelBench: the job's classifier alone on pre-decoded batches, in this process;
 (b) measure_decode: the job's decode alone over the corpus bytes, on a thread pool, in this process;
+(e) measure_without_beam: (a) and (b) together as the job runs them, in this process, without Beam;
 (c) measure_end_to_end: `python -m beam_pipeline` as a subprocess, with its output's top-1 classes;
 (d) measure_naive: benchmarks/naive_baseline.py as a subprocess, with the given Beam arguments.
 """
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import math
 import os
+import queue
 import re
 import sys
 import tempfile
@@ -102,6 +105,44 @@ def measure_decode(files: Sequence[Path], size: tuple[int, int], defaults: JobDe
             pass
         seconds = time.perf_counter() - started
     return {"images_per_s": len(blobs) / seconds, "seconds": seconds, "threads": threads}
+
+
+def measure_without_beam(
+    classifier: Any, files: Sequence[Path], defaults: JobDefaults, threads: int = 2
+) -> dict[str, float]:
+    """(e) The job's design without Beam: decode_image on `threads` threads with two batches in flight (the decode
+    DoFn's default), finished images taken from a queue, the model on this thread in batches of the job's max size.
+
+    What decode and model reach sharing these cores with none of Beam's per-element work: the ceiling of the job's
+    steady rate (the limit assumes they share the cores at no cost). Bytes are read first, as in (b).
+    """
+    from beam_pipeline.decode.preprocess import DecodeSpec, decode_image
+
+    spec = DecodeSpec(classifier.input_size, defaults.resize, defaults.max_image_pixels)  # type: ignore[arg-type]
+    blobs = iter([path.read_bytes() for path in files])
+    batch_size = defaults.max_batch_size
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    pending, batch = 0, []
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+
+        def top_up() -> int:
+            submitted = 0
+            for data in itertools.islice(blobs, 2 * batch_size - pending):
+                pool.submit(decode_image, data, spec).add_done_callback(finished.put)
+                submitted += 1
+            return submitted
+
+        started = time.perf_counter()
+        pending = top_up()
+        while pending:
+            batch.append(finished.get().result()[0])
+            pending -= 1
+            pending += top_up()
+            if len(batch) == batch_size or not pending:
+                classifier.predict(np.stack(batch))
+                batch = []
+        seconds = time.perf_counter() - started
+    return {"images_per_s": len(files) / seconds, "seconds": seconds, "threads": threads}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
