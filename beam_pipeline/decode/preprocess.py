@@ -90,7 +90,6 @@ def decode_image(
     return np.asarray(resized, dtype=np.uint8), (width, height), perceptual_hash(whole)
 
 
-
 def _dct_rows(n: int, rows: int) -> np.ndarray:
     """The first `rows` rows of the n-point DCT-II matrix (unnormalised: `D @ x` is scipy.fftpack.dct(x, axis=0)
     halved, which a comparison with the median does not see)."""
