@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import gc
 import logging
 import os
 import re
@@ -12,7 +13,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from beam_pipeline.imports import modules_hidden
 
@@ -165,7 +166,36 @@ def _subclasses(cls: type) -> set[type]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parses flags, checks them, runs the job and prints its summary; returns the exit code."""
-    argv = sys.argv[1:] if argv is None else argv
+    with collector_off_during_start_up() as started:
+        return _main(sys.argv[1:] if argv is None else argv, started)
+
+
+@contextlib.contextmanager
+def collector_off_during_start_up() -> Iterator[Callable[[], None]]:
+    """Turns Python's cyclic garbage collector off until `started()` is called, which freezes what start-up made
+    (`gc.freeze`: no collection visits it again) and turns the collector back on; on exit all is as before.
+
+    Start-up imports ~2,000 modules (Beam, pyarrow, OpenVINO) and makes ~230,000 objects that live as long as the
+    process, next to no garbage: the collector's passes over them (4 full ones) took 0.5 s of a one-photo run
+    (measured with gc.callbacks), and every full pass during the run would visit them all again.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+
+    def started() -> None:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+    try:
+        yield started
+    finally:
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
+def _main(argv: list[str], started: Callable[[], None]) -> int:
     parser = build_parser()
     flags, beam_args = parser.parse_known_args(argv)
     if not flags.verbose:
@@ -201,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 threads_per_process=runner.threads_per_process(beam_args),
                 model_staging=runner.model_staging(beam_args),
             )
+        started()
         with interrupts_raised():
             record = runner.run(config, beam_args, progress=not flags.quiet and runner.runs_in_this_process(beam_args))
     except job.LaunchError as exc:
