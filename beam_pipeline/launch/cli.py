@@ -176,8 +176,9 @@ def collector_off_during_start_up() -> Iterator[Callable[[], None]]:
     (`gc.freeze`: no collection visits it again) and turns the collector back on; on exit all is as before.
 
     Start-up imports ~2,000 modules (Beam, pyarrow, OpenVINO) and makes ~230,000 objects that live as long as the
-    process, next to no garbage: the collector's passes over them (4 full ones) took 0.5 s of a one-photo run
-    (measured with gc.callbacks), and every full pass during the run would visit them all again.
+    process, next to no garbage: the collector's passes over them took 0.24 s of a one-photo run, in 468
+    collections of which 3 full (measured with gc.callbacks), and every full pass during the run would visit them
+    all again.
     """
     enabled = gc.isenabled()
     gc.disable()
