@@ -113,9 +113,7 @@ def test_tflite_batches_match_single_images(tflite_model, shared, backend):
 
     classifier = load.load(resolve.resolve(tflite_model, backend))
     photos = sorted((shared / "images" / "photos").glob("*.bmp"))
-    images = np.stack(
-        [decode_image(p.read_bytes(), DecodeSpec((224, 224), "center-crop", 10**8))[0] for p in photos]
-    )
+    images = np.stack([decode_image(p.read_bytes(), DecodeSpec((224, 224), "center-crop", 10**8))[0] for p in photos])
     batch = classifier.predict(images)
     singles = np.concatenate([classifier.predict(image[None]) for image in images])
     assert batch.shape == (len(photos), 1001)

@@ -68,7 +68,6 @@ def test_a_truncated_jpeg_is_a_corrupt_image(cut):
     assert errors.error_type_of(raised.value, while_reading=False) == errors.CORRUPT_IMAGE
 
 
-
 def test_the_perceptual_hash_compares_with_numpys_median():
     """The hash's median (of its 64 DCT values) is np.median's value, taken by one sort."""
     for seed in range(20):
