@@ -74,7 +74,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "beam-image-labeller=beam_pipeline.launch.cli:main",
+            "beam-image-labeller=beam_pipeline.launch.cli:command",
             "beam-image-labeller-report=beam_pipeline.report.cli:main",
         ]
     },

@@ -2,6 +2,6 @@
 
 import sys
 
-from beam_pipeline.launch.cli import main
+from beam_pipeline.launch.cli import command
 
-sys.exit(main())
+sys.exit(command())

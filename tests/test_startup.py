@@ -47,6 +47,21 @@ def test_the_default_job_makes_no_full_garbage_collection_and_leaves_the_collect
     assert facts["gc_enabled_after"] and facts["frozen_after"] == 0, facts
 
 
+def test_the_command_ends_with_its_objects_frozen_and_returns_mains_exit_code():
+    """`command()` (the installed script, `python -m beam_pipeline`) freezes what the process made before the
+    interpreter's final collections; a bad flag still returns 2."""
+    code = "import gc, sys\nfrom beam_pipeline.launch.cli import command\nprint(command(), gc.get_freeze_count() > 0)\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--input", "x", "--output", "y", "--no-such-flag"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.split() == ["2", "True"], result.stdout + result.stderr[-2000:]
+    assert "--no-such-flag" in result.stderr
+
+
 def _default_job_facts(tmp_path, float_model, labels_file, shared) -> dict:
     """The default job on the 5 photos in a new process: the modules it imported, the full garbage collections it
     made, and the collector's state once `main` returned. Checks that every row is labelled."""

@@ -164,6 +164,20 @@ def _subclasses(cls: type) -> set[type]:
     return {sub for direct in cls.__subclasses__() for sub in {direct, *_subclasses(direct)}}
 
 
+def command() -> int:
+    """`beam-image-labeller` and `python -m beam_pipeline`: `main()` in a process that ends with it.
+
+    Everything is frozen again before the interpreter exits, so that its final collections skip it and the objects go
+    back to the OS with the process. Measured on a one-photo run: the installed `beam-image-labeller` script spent
+    ~0.4 s between `main()` returning and the process's end (1.83-2.26 s in all, now 1.45-1.63); `python -m
+    beam_pipeline` did not (1.34-1.54 s either way). In-process callers call `main()`, which leaves the collector as
+    it found it.
+    """
+    code = main()
+    gc.freeze()
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parses flags, checks them, runs the job and prints its summary; returns the exit code."""
     with collector_off_during_start_up() as started:
@@ -279,4 +293,4 @@ def _main(argv: list[str], started: Callable[[], None]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())
