@@ -128,11 +128,14 @@ def measure_corpus(kind: str, args: argparse.Namespace, runners: dict[str, Runne
             run = figures[name] = runners[name](corpus, args.n)
             print(f"{tag} {name:<26} wall {run['wall_s']:6.1f} s  CPU {run['cpu_s']:6.1f} s", flush=True)
         # The median of 3 one-image runs: a single one moved by up to 1 s here, which moved the steady rate by 20%.
-        startups = [measure_end_to_end(files[0], 1, args.model, args.labels, [])["wall_s"] for _ in range(3)]
-        figures["startup_s"] = statistics.median(startups)
+        startups = [measure_end_to_end(files[0], 1, args.model, args.labels, []) for _ in range(3)]
+        figures["startup_s"] = statistics.median(run["wall_s"] for run in startups)
+        figures["startup_cpu_s"] = statistics.median(run["cpu_s"] for run in startups)
         figures["model_images_per_s"] = bench.run(args.n)["images_per_s"]
         figures["decode_images_per_s"] = measure_decode(files, bench.classifier.input_size, defaults)["images_per_s"]
-        figures["without_beam_images_per_s"] = measure_without_beam(bench.classifier, files, defaults)["images_per_s"]
+        without_beam = measure_without_beam(bench.classifier, files, defaults)
+        figures["without_beam_images_per_s"] = without_beam["images_per_s"]
+        figures["without_beam_cpu_ms_per_image"] = 1000 * without_beam["cpu_s"] / len(files)
         _ratios(figures, args.n)
         print(
             f"{tag} start-up {figures['startup_s']:.1f} s, model {figures['model_images_per_s']:.0f}, decode "
@@ -164,6 +167,11 @@ def _ratios(figures: dict[str, Any], n: int) -> None:
     figures["steady_over_limit"] = figures["steady_images_per_s"] / figures["limit_images_per_s"]
     figures["without_beam_over_limit"] = figures["without_beam_images_per_s"] / figures["limit_images_per_s"]
     figures["steady_over_without_beam"] = figures["steady_images_per_s"] / figures["without_beam_images_per_s"]
+    # CPU per image drifts less than wall time on a shared machine: the job's steady work per image against (e)'s.
+    figures["steady_cpu_ms_per_image"] = 1000 * (job["cpu_s"] - figures["startup_cpu_s"]) / (n - 1)
+    figures["steady_cpu_over_without_beam"] = (
+        figures["steady_cpu_ms_per_image"] / figures["without_beam_cpu_ms_per_image"]
+    )
     printed = job.get("job_printed_images_per_s")
     figures["printed_over_limit"] = printed / figures["limit_images_per_s"] if printed else None
 
@@ -174,7 +182,8 @@ def summarise(repeats: list[dict[str, Any]], names: list[str]) -> dict[str, Any]
     per_command = {name: {k: spread(f[name].get(k) for f in repeats) for k in keys} for name in names}
     scalars = ("startup_s", "model_images_per_s", "decode_images_per_s", "limit_images_per_s", "steady_images_per_s")
     scalars += ("steady_over_limit", "printed_over_limit", "without_beam_images_per_s", "without_beam_over_limit")
-    scalars += ("steady_over_without_beam",)
+    scalars += ("steady_over_without_beam", "steady_cpu_ms_per_image", "without_beam_cpu_ms_per_image")
+    scalars += ("steady_cpu_over_without_beam",)
     return {"commands": per_command, **{k: spread(f[k] for f in repeats) for k in scalars}}
 
 
@@ -206,7 +215,9 @@ def print_corpus(kind: str, args: argparse.Namespace, summary: dict[str, Any], n
     print(f"  job / limit (steady) {fmt(summary['steady_over_limit'], 2)}", end="")
     print(f": target >= {STEADY_OVER_LIMIT_TARGET}: {'yes' if steady >= STEADY_OVER_LIMIT_TARGET else 'NO'}", end="")
     print(f"; with the rate the job prints: {fmt(summary['printed_over_limit'], 2)}")
-    print(f"  job / without Beam (steady) {fmt(summary['steady_over_without_beam'], 2)}")
+    print(f"  job / without Beam (steady) {fmt(summary['steady_over_without_beam'], 2)}; CPU per image: job ", end="")
+    print(f"(steady: CPU minus the start-up's) {fmt(summary['steady_cpu_ms_per_image'], 2)} ms, without Beam ", end="")
+    print(f"{fmt(summary['without_beam_cpu_ms_per_image'], 2)} ms: {fmt(summary['steady_cpu_over_without_beam'], 2)}")
 
 
 def measure_photos(args: argparse.Namespace) -> dict[str, Any]:
