@@ -29,19 +29,16 @@ def test_a_hidden_module_fails_to_import_until_the_block_ends():
 
 
 @pytest.mark.slow  # the whole default job in a new process
-def test_the_default_job_imports_none_of_the_unused_packages(tmp_path, float_model, labels_file, shared):
-    facts = _default_job_facts(tmp_path, float_model, labels_file, shared)
-    modules = set(facts["modules"])
+def test_the_default_job_imports_none_of_the_unused_packages(default_job_facts):
+    modules = set(default_job_facts["modules"])
     assert {"apache_beam", "openvino", "pyarrow"} <= modules
     loaded = sorted(m for m in modules if m in UNUSED or m.startswith(tuple(f"{u}." for u in UNUSED)))
     assert loaded == [], loaded
 
 
 @pytest.mark.slow  # the whole default job in a new process
-def test_the_default_job_makes_no_full_garbage_collection_and_leaves_the_collector_as_it_was(
-    tmp_path, float_model, labels_file, shared
-):
-    facts = _default_job_facts(tmp_path, float_model, labels_file, shared)
+def test_the_default_job_makes_no_full_garbage_collection_and_leaves_the_collector_as_it_was(default_job_facts):
+    facts = default_job_facts
     # Before the launcher turned the collector off during start-up, it made 3 full passes over its ~200,000 objects.
     assert facts["full_collections"] == 0
     assert facts["gc_enabled_after"] and facts["frozen_after"] == 0, facts
@@ -62,9 +59,12 @@ def test_the_command_ends_with_its_objects_frozen_and_returns_mains_exit_code():
     assert "--no-such-flag" in result.stderr
 
 
-def _default_job_facts(tmp_path, float_model, labels_file, shared) -> dict:
-    """The default job on the 5 photos in a new process: the modules it imported, the full garbage collections it
-    made, and the collector's state once `main` returned. Checks that every row is labelled."""
+@pytest.fixture(scope="module")
+def default_job_facts(tmp_path_factory, float_model, labels_file, shared) -> dict:
+    """The default job on the 5 photos in a new process, once for this module's tests: the modules it imported, the
+    full garbage collections it made, and the collector's state once `main` returned. Checks that every row is
+    labelled."""
+    tmp_path = tmp_path_factory.mktemp("default-job")
     prefix = tmp_path / "out" / "labels"
     code = (
         "import gc, json, sys\n"
